@@ -1,0 +1,193 @@
+"""The trace file format: router scores and expert similarity of a real (or synthetic) model.
+
+A trace is a ``.safetensors`` or ``.npz`` file holding
+
+=================  ===========  =========================================
+array              shape        meaning
+=================  ===========  =========================================
+``router_probs``   (T, L, N)    router probabilities per token and layer
+``topk``           (T, L, k)    top-k expert indices (descending score)
+``hidden_norms``   (T, L)       ``||x||`` of the layer input
+``delta``          (L, N, N)    dissimilarity, symmetric, zero diagonal
+``sigma``          (L, N)       skip cost (positive)
+=================  ===========  =========================================
+
+and JSON metadata (safetensors' metadata dict, or an ``__meta__`` byte array
+in npz): ``format = "siftmoe-trace"``, ``version``, ``num_experts``,
+``top_k``, ``num_layers``, ``hidden_size``, ``renormalize_gates``,
+``quantile`` and free-form ``model``/``source`` strings.  :func:`load_trace`
+checks every shape, dtype and the version, and raises :class:`TraceError`
+(a ``ValueError``) naming what is wrong for truncated or mismatched files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "siftmoe-trace"
+VERSION = 1
+ARRAYS = ("router_probs", "topk", "hidden_norms", "delta", "sigma")
+META_INT = ("num_experts", "top_k", "num_layers", "hidden_size")
+
+
+class TraceError(ValueError):
+    """A trace file is missing, truncated, of another version, or inconsistent."""
+
+
+@dataclass
+class Trace:
+    router_probs: np.ndarray
+    topk: np.ndarray
+    hidden_norms: np.ndarray
+    delta: np.ndarray
+    sigma: np.ndarray
+    num_experts: int
+    top_k: int
+    num_layers: int
+    hidden_size: int
+    renormalize_gates: bool
+    quantile: float = 0.99
+    model: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.router_probs.shape[0]
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "num_experts": self.num_experts,
+            "top_k": self.top_k,
+            "num_layers": self.num_layers,
+            "hidden_size": self.hidden_size,
+            "renormalize_gates": self.renormalize_gates,
+            "quantile": self.quantile,
+            "model": self.model,
+            **self.extra,
+        }
+
+    def validate(self) -> "Trace":
+        n, k, l = self.num_experts, self.top_k, self.num_layers
+        t = self.router_probs.shape[0] if self.router_probs.ndim == 3 else -1
+        want = {
+            "router_probs": (t, l, n),
+            "topk": (t, l, k),
+            "hidden_norms": (t, l),
+            "delta": (l, n, n),
+            "sigma": (l, n),
+        }
+        for name, shape in want.items():
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray) or arr.shape != shape:
+                got = getattr(arr, "shape", type(arr).__name__)
+                raise TraceError(f"trace array {name!r} has shape {got}, expected {shape} (T, L, N, k from metadata)")
+            kind = "i" if name == "topk" else "f"
+            if arr.dtype.kind not in (kind, "u" if kind == "i" else kind):
+                raise TraceError(f"trace array {name!r} has dtype {arr.dtype}, expected {'integer' if kind == 'i' else 'floating'}")
+            if kind == "f" and not np.all(np.isfinite(arr)):
+                raise TraceError(f"trace array {name!r} holds NaN or inf")
+        if t < 1:
+            raise TraceError("trace holds no tokens")
+        if k > n:
+            raise TraceError(f"top_k={k} exceeds num_experts={n}")
+        if self.topk.min() < 0 or self.topk.max() >= n:
+            raise TraceError(f"topk indices must be in [0, {n - 1}]")
+        if np.any(self.router_probs < 0):
+            raise TraceError("router_probs must be non-negative")
+        if np.any(self.delta < 0) or np.any(self.sigma <= 0):
+            raise TraceError("delta must be >= 0 and sigma > 0")
+        if not np.allclose(self.delta, np.swapaxes(self.delta, 1, 2), rtol=1e-5, atol=1e-7):
+            raise TraceError("delta must be symmetric in its last two axes")
+        if np.any(np.abs(np.diagonal(self.delta, axis1=1, axis2=2)) > 1e-7):
+            raise TraceError("delta must have a zero diagonal")
+        return self
+
+
+def save_trace(trace: Trace, path: str | Path) -> Path:
+    """Write ``trace`` to ``path`` (``.safetensors`` or ``.npz`` by suffix)."""
+    trace.validate()
+    path = Path(path)
+    arrays = {
+        "router_probs": np.ascontiguousarray(trace.router_probs, dtype=np.float32),
+        "topk": np.ascontiguousarray(trace.topk, dtype=np.int32),
+        "hidden_norms": np.ascontiguousarray(trace.hidden_norms, dtype=np.float32),
+        "delta": np.ascontiguousarray(trace.delta, dtype=np.float64),
+        "sigma": np.ascontiguousarray(trace.sigma, dtype=np.float64),
+    }
+    meta = json.dumps(trace.metadata())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        save_file(arrays, str(path), metadata={"siftmoe": meta})
+    elif path.suffix == ".npz":
+        with open(path, "wb") as fh:
+            np.savez(fh, __meta__=np.frombuffer(meta.encode(), dtype=np.uint8), **arrays)
+    else:
+        raise TraceError(f"trace path {str(path)!r} must end in .safetensors or .npz")
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    if not path.exists():
+        raise TraceError(f"trace file {str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            arrays = {}
+            with safe_open(str(path), framework="numpy") as fh:
+                raw = (fh.metadata() or {}).get("siftmoe")
+                for key in fh.keys():
+                    arrays[key] = fh.get_tensor(key)
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {key: z[key] for key in z.files}
+            raw = arrays.pop("__meta__", None)
+            raw = None if raw is None else raw.tobytes().decode()
+        else:
+            raise TraceError(f"trace path {str(path)!r} must end in .safetensors or .npz")
+    except TraceError:
+        raise
+    except Exception as exc:  # truncated / corrupt archives raise many kinds of errors
+        raise TraceError(f"cannot read trace file {str(path)!r} (truncated or corrupt?): {exc}") from exc
+    if raw is None:
+        raise TraceError(f"trace file {str(path)!r} has no siftmoe metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TraceError(f"trace file {str(path)!r} has unreadable metadata: {exc}") from exc
+    return arrays, meta
+
+
+def load_trace(path: str | Path) -> Trace:
+    """Read and check a trace file; raises :class:`TraceError` on any problem."""
+    path = Path(path)
+    arrays, meta = _read(path)
+    if meta.get("format") != FORMAT:
+        raise TraceError(f"{str(path)!r} is not a siftmoe trace (format={meta.get('format')!r})")
+    if meta.get("version") != VERSION:
+        raise TraceError(f"{str(path)!r} has trace version {meta.get('version')!r}; this siftmoe_gym reads version {VERSION}")
+    for key in META_INT:
+        if not isinstance(meta.get(key), int) or meta[key] < 1:
+            raise TraceError(f"trace metadata {key}={meta.get(key)!r} must be a positive integer")
+    missing = [a for a in ARRAYS if a not in arrays]
+    if missing:
+        raise TraceError(f"trace file {str(path)!r} lacks array(s) {missing}")
+    known = set(META_INT) | {"format", "version", "renormalize_gates", "quantile", "model"}
+    trace = Trace(
+        **{a: arrays[a] for a in ARRAYS},
+        **{k: meta[k] for k in META_INT},
+        renormalize_gates=bool(meta.get("renormalize_gates", True)),
+        quantile=float(meta.get("quantile", 0.99)),
+        model=str(meta.get("model", "")),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+    return trace.validate()
