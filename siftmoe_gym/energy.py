@@ -25,6 +25,8 @@ MAX_VALUE = 1e30
 """Cap on every returned energy (J), power (W) and time (s)."""
 MIN_GAIN = 1e-30
 """Channel gains are floored here (a 300 dB loss) so that no cost is infinite."""
+MIN_NOISE_W = 1e-300
+"""Noise power ``N0 B`` is floored here so that an underflow to 0 cannot make a link look free."""
 LN2 = float(np.log(2.0))
 
 
@@ -61,10 +63,11 @@ def required_power(gain, n_tokens, duration_s, link: LinkParams) -> np.ndarray:
     g = np.maximum(np.asarray(gain, dtype=np.float64), MIN_GAIN)
     n = np.asarray(n_tokens, dtype=np.float64)
     t = np.asarray(duration_s, dtype=np.float64)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
         x = n * link.bits_per_token * LN2 / (link.bandwidth_hz * t)
-        p = (link.noise_w / g) * np.expm1(x)
-    return np.where(np.isfinite(p), np.minimum(p, MAX_VALUE), MAX_VALUE)
+        p = (max(link.noise_w, MIN_NOISE_W) / g) * np.expm1(x)
+    p = np.where(np.isfinite(p), np.minimum(p, MAX_VALUE), MAX_VALUE)
+    return np.where(n <= 0, 0.0, p)
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,12 @@ def link_costs(gain, n_tokens, tau_s: float, link: LinkParams) -> NodeCosts:
     half = 0.5 * tau_s
     p_req = required_power(g, n, half, link)
     feasible = p_req <= link.p_max_w
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        rate = link.bandwidth_hz * np.log2(1.0 + link.p_max_w * g / link.noise_w)
-        t_one_way = np.where(n > 0, n * link.bits_per_token / rate, 0.0)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore", under="ignore"):
+        # log2(1 + SNR) in the log domain: exact for tiny SNR (log1p) and finite
+        # for huge SNR (no overflow of P_max * G / (N0 B)).
+        log_snr = np.log(link.p_max_w) - np.log(max(link.noise_w, MIN_NOISE_W)) + np.log(g)
+        rate = link.bandwidth_hz * np.logaddexp(0.0, log_snr) / LN2
+        t_one_way = np.where(n > 0, n * (link.bits_per_token / rate), 0.0)
     t_one_way = np.where(np.isfinite(t_one_way), np.minimum(t_one_way, MAX_VALUE), MAX_VALUE)
     energy_feasible = tau_s * p_req
     energy_fallback = np.minimum(2.0 * link.p_max_w * t_one_way, MAX_VALUE)

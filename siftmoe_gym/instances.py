@@ -158,27 +158,62 @@ def evaluate_decode_batch(
     ``layer``.  ``node_cost``/``node_violation``: (B, M+1) or (M+1,).
     ``computed``: optional (B, N) bool extras.  Returns
     ``(energy_j, error_bound, latency_violation_s)``, each (B,).
+
+    The nodes a decision activates are gathered as bit masks (one bit per
+    node), which is several times faster than one-hot matrices; systems with
+    more than 62 nodes fall back to one-hot sums.
     """
     assign = np.asarray(assign)
     topk = np.asarray(topk)
+    gates = np.asarray(gates, dtype=np.float64)
+    node_of = np.asarray(node_of)
     n = delta_ext.shape[-2]
     srv = server_index(assign, n)
+    if layer is not None:
+        layer = np.asarray(layer)
     if layer is None:
-        err = np.sum(gates * delta_ext[topk, srv], axis=-1)
+        err = np.einsum("bk,bk->b", gates, delta_ext[topk, srv])
     else:
-        err = np.sum(gates * delta_ext[np.asarray(layer)[:, None], topk, srv], axis=-1)
-    b = assign.shape[0]
-    cost = np.broadcast_to(np.asarray(node_cost, dtype=np.float64), (b, np.shape(node_cost)[-1]))
-    m1 = cost.shape[1]
-    mask = _computed_mask(assign, n, computed)  # (B, N) experts evaluated
-    distinct = mask.sum(axis=1)
-    if layer is None:
-        onehot = np.eye(m1, dtype=np.float64)[node_of]  # (N, M+1)
-        used = (mask @ onehot) > 0
+        err = np.einsum("bk,bk->b", gates, delta_ext[layer[:, None], topk, srv])
+    b, k = assign.shape
+    cost = np.asarray(node_cost, dtype=np.float64)
+    m1 = cost.shape[-1]
+    mask = None
+    if computed is None:
+        # distinct computed experts: the non-skip servers, each counted once
+        distinct = np.count_nonzero(assign >= 0, axis=1)
+        for s in range(1, k):
+            dup = srv[:, s] == srv[:, 0]
+            for r in range(1, s):
+                dup |= srv[:, s] == srv[:, r]
+            distinct -= dup & (assign[:, s] >= 0)
     else:
-        onehot = np.eye(m1, dtype=np.float64)[node_of[np.asarray(layer)]]  # (B, N, M+1)
-        used = np.einsum("bn,bnm->bm", mask.astype(np.float64), onehot) > 0
-    energy = np.sum(np.where(used, cost, 0.0), axis=1) + compute_cost * distinct
+        mask = _computed_mask(assign, n, computed)  # (B, N) experts evaluated
+        distinct = np.count_nonzero(mask, axis=1)
+    if m1 <= 62:
+        bits = np.left_shift(np.int64(1), node_of.astype(np.int64))
+        if mask is None:  # nodes of the slots' servers; the skip column has no node
+            bits = np.concatenate([bits, np.zeros(bits.shape[:-1] + (1,), np.int64)], axis=-1)
+            slot_bits = bits[srv] if layer is None else bits[layer[:, None], srv]
+            used_bits = np.bitwise_or.reduce(slot_bits, axis=1)
+        else:
+            expert_bits = bits if layer is None else bits[layer]
+            used_bits = np.bitwise_or.reduce(np.where(mask, expert_bits, 0), axis=1)
+        used = ((used_bits[:, None] >> np.arange(m1, dtype=np.int64)) & 1).astype(bool)
+    else:
+        if mask is None:
+            mask = _computed_mask(assign, n, None)
+        if layer is None:
+            onehot = np.eye(m1, dtype=np.float64)[node_of]  # (N, M+1)
+            used = (mask @ onehot) > 0
+        else:
+            onehot = np.eye(m1, dtype=np.float64)[node_of[layer]]  # (B, N, M+1)
+            used = np.einsum("bn,bnm->bm", mask.astype(np.float64), onehot) > 0
+    if cost.ndim == 1:
+        energy = used @ cost
+    else:
+        energy = np.einsum("bm,bm->b", used, np.broadcast_to(cost, (b, m1)))
+    energy = energy + compute_cost * distinct
     if node_violation is None:
         viol = np.zeros(b)
     else:

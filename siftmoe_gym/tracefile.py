@@ -61,6 +61,7 @@ class Trace:
 
     def metadata(self) -> dict[str, Any]:
         return {
+            **self.extra,  # first: free-form extras never override the fixed keys
             "format": FORMAT,
             "version": VERSION,
             "num_experts": self.num_experts,
@@ -70,7 +71,6 @@ class Trace:
             "renormalize_gates": self.renormalize_gates,
             "quantile": self.quantile,
             "model": self.model,
-            **self.extra,
         }
 
     def validate(self) -> "Trace":
@@ -164,6 +164,8 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise TraceError(f"trace file {str(path)!r} has unreadable metadata: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise TraceError(f"trace file {str(path)!r} has metadata of type {type(meta).__name__}, expected a JSON object")
     return arrays, meta
 
 
@@ -176,17 +178,21 @@ def load_trace(path: str | Path) -> Trace:
     if meta.get("version") != VERSION:
         raise TraceError(f"{str(path)!r} has trace version {meta.get('version')!r}; this siftmoe_gym reads version {VERSION}")
     for key in META_INT:
-        if not isinstance(meta.get(key), int) or meta[key] < 1:
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TraceError(f"trace metadata {key}={meta.get(key)!r} must be a positive integer")
     missing = [a for a in ARRAYS if a not in arrays]
     if missing:
         raise TraceError(f"trace file {str(path)!r} lacks array(s) {missing}")
+    quantile = meta.get("quantile", 0.99)
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 < quantile <= 1.0:
+        raise TraceError(f"trace metadata quantile={quantile!r} must be a number in (0, 1]")
     known = set(META_INT) | {"format", "version", "renormalize_gates", "quantile", "model"}
     trace = Trace(
         **{a: arrays[a] for a in ARRAYS},
         **{k: meta[k] for k in META_INT},
         renormalize_gates=bool(meta.get("renormalize_gates", True)),
-        quantile=float(meta.get("quantile", 0.99)),
+        quantile=float(quantile),
         model=str(meta.get("model", "")),
         extra={k: v for k, v in meta.items() if k not in known},
     )
