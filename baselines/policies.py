@@ -1,0 +1,252 @@
+"""Policies acting on this project's Gymnasium environments.
+
+A policy is bound to an environment and reads the decision state the
+environment exposes on ``env.unwrapped`` (``setting``, ``instance``,
+``block_instance``, ``token_in_block``, ``layer``, ``queue``, ``cap_budget``,
+``topk_energy``, ``system``); it computes an assignment and returns
+``env.unwrapped.encode_action(assignment)``, so the same policy works with
+every action mode of the environment.  Policies also decide on bare
+instances (``decide_instance``), without an environment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siftmoe_gym.instances import DecodeInstance
+from siftmoe_gym.serving import solve_decode
+
+from . import heuristics as H
+from .common import gains_from_costs, latency_from_gains
+from .fastfading import dpp_decision
+from .prefill import solve_prefill_exact, solve_prefill_fast
+
+
+class Policy:
+    """Base class: ``act(obs, info) -> action`` on a bound environment; ``reset()`` per episode."""
+
+    name = "policy"
+    description = ""
+
+    def __init__(self, env=None, system=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__} got unexpected options {sorted(kwargs)}")
+        self.env = env
+        self.system = system if system is not None else (getattr(env.unwrapped, "system", None) if env is not None else None)
+        self.last_solution = None
+
+    @property
+    def state(self):
+        if self.env is None:
+            raise RuntimeError(f"policy {self.name!r} is not bound to an environment")
+        return self.env.unwrapped
+
+    @property
+    def setting(self) -> str:
+        return getattr(self.state, "setting", "decode")
+
+    def reset(self, seed: int | None = None) -> None:
+        """Per-episode state (nothing by default)."""
+        self.last_solution = None
+
+    def decide(self) -> np.ndarray:
+        """Assignment for the environment's current decision."""
+        return self.decide_instance(self.state.instance)
+
+    def decide_instance(self, inst: DecodeInstance) -> np.ndarray:
+        raise NotImplementedError
+
+    def act(self, obs=None, info=None):
+        return self.state.encode_action(self.decide())
+
+    __call__ = act
+
+    # ------------------------------------------------------------ helpers
+    def _single_token_costs(self, inst: DecodeInstance):
+        """Single-token costs, feasibility and the latency budget behind them (prefill: the block's)."""
+        env = self.env.unwrapped if self.env is not None else None
+        if env is not None and self.setting == "prefill" and getattr(env, "block_instance", None) is not None:
+            b = env.block_instance
+            return b.cost_table[:, 1], b.feasible_table[:, 1], self.system.config.tau_prefill_s
+        return inst.node_cost, inst.node_feasible, self.system.config.tau_s
+
+    def _gains(self, inst: DecodeInstance) -> np.ndarray:
+        if self.system is None:
+            raise RuntimeError(f"policy {self.name!r} needs a system (bind an env or pass system=)")
+        cost, feas, tau = self._single_token_costs(inst)
+        return gains_from_costs(cost, feas, self.system.link, tau)
+
+
+class TopK(Policy):
+    name = "topk"
+    description = "standard top-k routing: every slot served by itself (latency violations on infeasible links)"
+
+    def decide_instance(self, inst):
+        return H.topk_assignment(inst)
+
+
+class Top1(Policy):
+    name = "top1"
+    description = "top-1 routing (Switch Transformer style): keep only the largest-gate slot, skip the rest"
+
+    def decide_instance(self, inst):
+        return H.top1_assignment(inst)
+
+
+class SkipInfeasible(Policy):
+    name = "skip-infeasible"
+    description = "top-k, skipping experts on links that cannot meet the latency budget"
+
+    def decide_instance(self, inst):
+        return H.skip_infeasible_assignment(inst)
+
+
+class NearestLocal(Policy):
+    name = "nearest-local"
+    description = "replace each unreachable expert by its most similar reachable expert (or skip), ignoring energy"
+
+    def __init__(self, env=None, system=None, local_only: bool = False, **kw):
+        super().__init__(env, system, **kw)
+        self.local_only = bool(local_only)
+
+    def decide_instance(self, inst):
+        return H.nearest_local_assignment(inst, self.local_only)
+
+
+class ChannelThreshold(Policy):
+    name = "channel-threshold"
+    description = "skip experts whose link gain is under a threshold (default: 3 dB above the one-token feasibility gain)"
+
+    def __init__(self, env=None, system=None, threshold_db: float | None = None, margin_db: float = 3.0, **kw):
+        super().__init__(env, system, **kw)
+        self.threshold_db = threshold_db
+        self.margin_db = float(margin_db)
+
+    def threshold(self, tau_s: float) -> float:
+        if self.threshold_db is not None:
+            return 10.0 ** (self.threshold_db / 10.0)
+        link = self.system.link
+        x = link.bits_per_token / (link.bandwidth_hz * 0.5 * tau_s)
+        g_feas = link.noise_w * np.expm1(np.log(2.0) * x) / link.p_max_w
+        return float(g_feas * 10.0 ** (self.margin_db / 10.0))
+
+    def decide_instance(self, inst):
+        _, _, tau = self._single_token_costs(inst)
+        return H.channel_threshold_assignment(inst, self._gains(inst), self.threshold(tau))
+
+
+class WdmoeWlr(Policy):
+    name = "wdmoe-wlr"
+    description = "WDMoE (Xue et al. 2024) weight-to-latency ratio: keep an expert when gate / (latency/tau) >= threshold"
+
+    def __init__(self, env=None, system=None, threshold: float = 1.0, **kw):
+        super().__init__(env, system, **kw)
+        self.threshold = float(threshold)
+
+    def decide_instance(self, inst):
+        _, _, tau = self._single_token_costs(inst)
+        lat = latency_from_gains(self._gains(inst), self.system.link)
+        return H.wdmoe_wlr_assignment(inst, lat, tau, self.threshold)
+
+
+class RandomWithinBudget(Policy):
+    name = "random-within-budget"
+    description = "random reachable node subset, slots served by their most similar expert there, redrawn until within budget"
+
+    def __init__(self, env=None, system=None, seed: int | None = None, tries: int = 32, **kw):
+        super().__init__(env, system, **kw)
+        self.seed = seed
+        self.tries = int(tries)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, seed=None):
+        super().reset(seed)
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+
+    def decide_instance(self, inst):
+        return H.random_within_budget_assignment(inst, self.rng, self.tries)
+
+
+class SiftMoE(Policy):
+    """The optimal policy for the environment's setting.
+
+    - decode: the exact P1 optimum (:func:`siftmoe_gym.serving.solve_decode`);
+    - prefill: the exact P2 optimum of the current layer's block
+      (``prefill="exact"``, integer program) or the fast best-response policy
+      (``prefill="fast"``), solved once per block and layer and replayed
+      token by token; ``last_solution`` holds the block solution (with its
+      gap for the fast one);
+    - fastfading: drift-plus-penalty with ``V`` (default ``config.drift_v``).
+    """
+
+    name = "siftmoe"
+    description = "optimal: exact P1 (decode), exact P2 integer program replayed per token (prefill), drift-plus-penalty (fast fading)"
+
+    def __init__(self, env=None, system=None, prefill: str = "exact", v: float | None = None, exact_gap: bool = False,
+                 time_limit: float | None = None, **kw):
+        super().__init__(env, system, **kw)
+        if prefill not in ("exact", "fast"):
+            raise ValueError(f"prefill must be 'exact' or 'fast', got {prefill!r}")
+        self.prefill = prefill
+        self.v = v
+        self.exact_gap = exact_gap
+        self.time_limit = time_limit
+        self._block = None
+        self._block_key = None
+
+    def reset(self, seed=None):
+        super().reset(seed)
+        self._block = None
+        self._block_key = None
+        self._last_t = -1
+
+    @property
+    def drift_v(self) -> float:
+        if self.v is not None:
+            return float(self.v)
+        return float(self.system.config.drift_v)
+
+    def decide_instance(self, inst):
+        sol = solve_decode(inst)
+        self.last_solution = sol
+        return sol.assignment
+
+    def solve_block(self, block):
+        if self.prefill == "exact":
+            return solve_prefill_exact(block, time_limit=self.time_limit)
+        return solve_prefill_fast(block, exact_gap=self.exact_gap)
+
+    def decide(self):
+        env = self.state
+        setting = self.setting
+        if setting == "prefill":
+            block = env.block_instance
+            t = int(env.token_in_block)
+            key = (id(block), int(getattr(env, "layer", block.layer)))
+            # a new block, a new layer, or a new pass over the same block object: plan again
+            if self._block is not block or self._block_key != key or t <= self._last_t:
+                self._plan = self.solve_block(block)
+                self.last_solution = self._plan
+                self._block, self._block_key = block, key
+            self._last_t = t
+            return self._plan.assignment[t].copy()
+        if setting == "fastfading":
+            layer = int(env.layer)
+            eps = float(self.system.budgets[layer])
+            sol = dpp_decision(env.instance, float(np.asarray(env.queue)[layer]), eps, float(env.cap_budget), self.drift_v,
+                               getattr(env, "topk_energy", None))
+            self.last_solution = sol
+            return sol.assignment
+        return self.decide_instance(env.instance)
+
+    _last_t = -1
+
+
+class SiftMoEFast(SiftMoE):
+    name = "siftmoe-fast"
+    description = "siftmoe with the fast best-response P2 policy for prefill (reports its gap); same as siftmoe otherwise"
+
+    def __init__(self, env=None, system=None, **kw):
+        kw.setdefault("prefill", "fast")
+        super().__init__(env, system, **kw)
