@@ -144,18 +144,25 @@ def _slot_subsets(k: int):
     order = np.argsort(pm, kind="stable")
     pm, pg = pm[order], pg[order]
     starts = np.searchsorted(pm, np.arange(1, size))
-    return inc, pm, pg, starts
+    return inc, pm, pg, pm ^ pg, starts
 
 
-def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray):
+def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
+             cap: float = np.inf, floor: float = 0.0):
     """Least error for each number of distinct servers.
 
     ``gd`` (k, |A|): gate-weighted dissimilarity of each slot to each
     allowed server; ``gsig`` (k,): gate-weighted skip costs.  Returns
     ``(minerr (k+1,), rebuild)`` where ``rebuild(c)`` gives the assignment.
+
+    Levels are computed in order of ``c`` and the rest are left at ``inf``
+    once no larger ``c`` can beat the best objective ``alpha c + beta err``
+    found within ``cap`` (``floor`` is a lower bound on any error, so level
+    ``c'`` costs at least ``alpha c' + beta floor``).  Ties are kept going
+    (a larger ``c`` with equal objective may have lower error).
     """
     k = len(gsig)
-    inc, pm, pg, starts = _slot_subsets(k)
+    inc, pm, pg, pr, starts = _slot_subsets(k)
     size = 1 << k
     full = size - 1
     skipc = inc @ gsig  # (2^k,)
@@ -175,15 +182,20 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray):
     tot = levels[0] + comp
     best_mask[0] = int(np.argmin(tot))
     minerr[0] = tot[best_mask[0]]
+    best_obj = alpha * 0 + beta * minerr[0] if _within(minerr[0], cap) else np.inf
     for c in range(1, k + 1):
+        if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
+            break
         prev = levels[-1]
-        vals = w[pg] + prev[pm ^ pg]
+        vals = w[pg] + prev[pr]
         cur = prev.copy()
         cur[1:] = np.minimum(prev[1:], np.minimum.reduceat(vals, starts))
         levels.append(cur)
         tot = cur + comp
         best_mask[c] = int(np.argmin(tot))
         minerr[c] = tot[best_mask[c]]
+        if _within(minerr[c], cap):
+            best_obj = min(best_obj, alpha * c + beta * minerr[c])
 
     def rebuild(c: int) -> np.ndarray:
         assign = np.full(k, -1, dtype=np.int64)
@@ -205,61 +217,63 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray):
     return minerr, rebuild
 
 
-def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: float, wr: float):
+def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: float, wr: float) -> np.ndarray:
+    """Branch and bound over allowed node subsets; falls back to least error (ties cheaper)."""
     k, n = len(inst.topk), inst.num_experts
     dk = inst.delta_ext[inst.topk]  # (k, N+1)
     g = inst.gates
     gsig = g * dk[:, n]
     edges = np.flatnonzero(allowed[1:]) + 1
     a = len(edges)
-    # best (least) dissimilarity per slot on each allowed node, node 0 first
-    bestnode = np.full((k, a + 1), np.inf)
-    for col, m in enumerate(np.concatenate([[0], edges])):
-        on = np.flatnonzero(inst.node_of == m)
-        if on.size:
-            bestnode[:, col] = dk[:, on].min(axis=1)
+    # best (least) dissimilarity per slot on each node, then on each allowed subset
+    m1 = len(allowed)
+    order_e = np.argsort(inst.node_of, kind="stable")
+    counts_n = np.bincount(inst.node_of, minlength=m1)
+    bounds = np.concatenate([[0], np.cumsum(counts_n)[:-1]])
+    has = counts_n > 0
+    pernode = np.full((k, m1), np.inf)
+    pernode[:, has] = np.minimum.reduceat(dk[:, order_e], bounds[has], axis=1)
     nsub = 1 << a
     best_per = np.empty((nsub, k))
-    best_per[0] = np.minimum(bestnode[:, 0], dk[:, n])
+    best_per[0] = np.minimum(pernode[:, 0], dk[:, n])
     cost_u = np.zeros(nsub)
     for b in range(a):
         lo, hi = 1 << b, 1 << (b + 1)
-        best_per[lo:hi] = np.minimum(best_per[:lo], bestnode[:, b + 1])
+        best_per[lo:hi] = np.minimum(best_per[:lo], pernode[:, edges[b]])
         cost_u[lo:hi] = cost_u[:lo] + inst.node_cost[edges[b]]
     errmin = best_per @ g
     ec = inst.compute_cost
     feasible_u = _within(errmin, cap)
-    if not feasible_u.any():
-        return None
+    if not feasible_u.any():  # least-violating: least error, ties cheaper
+        cap = float(errmin.min()) * (1 + 1e-9)
+        we, wr = 1.0, 0.0
+        feasible_u = _within(errmin, cap)
     lb = we * cost_u + wr * errmin
     order = np.flatnonzero(feasible_u)[np.argsort(lb[feasible_u], kind="stable")]
+    counts = np.arange(k + 1)
     best = (np.inf, np.inf, None)
+    node_mask = np.zeros(m1, dtype=bool)
     for u in order:
         if lb[u] > best[0] + abs(best[0]) * REL_TOL + ABS_TOL:
             break
-        nodes = np.concatenate([[0], edges[((u >> np.arange(a)) & 1) == 1]])
-        servers = np.flatnonzero(np.isin(inst.node_of, nodes))
-        minerr, rebuild = _slot_dp(g[:, None] * dk[:, servers], gsig, servers)
-        counts = np.arange(k + 1)
-        obj = we * (cost_u[u] + ec * counts) + wr * minerr
+        node_mask[:] = False
+        node_mask[0] = True
+        node_mask[edges[((u >> np.arange(a)) & 1) == 1]] = True
+        servers = np.flatnonzero(node_mask[inst.node_of])
+        minerr, rebuild = _slot_dp(g[:, None] * dk[:, servers], gsig, servers, we * ec, wr, cap, errmin[u])
         ok = _within(minerr, cap)
         if not ok.any():
             continue
-        obj = np.where(ok, obj, np.inf)
-        c = int(np.argmin(obj))
+        obj = np.where(ok, we * (cost_u[u] + ec * counts) + wr * np.where(ok, minerr, 0.0), np.inf)
+        low = obj.min()
+        tie = obj <= low + abs(low) * REL_TOL + ABS_TOL
+        c = int(np.argmin(np.where(tie, minerr, np.inf)))
         cand = (obj[c], minerr[c])
         tol = abs(best[0]) * REL_TOL + ABS_TOL
         if cand[0] < best[0] - tol or (cand[0] <= best[0] + tol and cand[1] < best[1]):
             best = (cand[0], cand[1], (rebuild, c))
     rebuild, c = best[2]
     return rebuild(c)
-
-
-def _least_error_cap(inst: DecodeInstance, allowed: np.ndarray) -> float:
-    n = inst.num_experts
-    dk = inst.delta_ext[inst.topk]
-    usable = np.append(allowed[inst.node_of], True)
-    return float(inst.gates @ np.where(usable[None, :], dk, np.inf).min(axis=1))
 
 
 # ------------------------------------------------------------------------ API
@@ -287,9 +301,6 @@ def solve_decode(
         assign = assign[0]
     else:
         assign = _search_solve(inst, allowed, cap, energy_weight, error_weight)
-        if assign is None:
-            least = _least_error_cap(inst, allowed) * (1 + 1e-9)
-            assign = _search_solve(inst, allowed, least, 1.0, 0.0)
     res = inst.evaluate(assign)
     return DecodeSolution(assign, res.energy_j, float(res.error_bound), bool(_within(res.error_bound, cap)), res.nodes_used)
 
