@@ -19,3 +19,7 @@ __all__ = [
     "error_bound", "evaluate_decode_batch", "load_trace", "make_config", "measured_deviation",
     "preset", "save_trace",
 ]
+
+from .envs.registration import register_envs as _register_envs  # noqa: E402
+
+_register_envs()

@@ -1,0 +1,230 @@
+"""``siftmoe_gym/FastFading-v0``: expert selection with per-token channels and an average accuracy budget (P3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import SiftMoEEnv, _check_number
+from .decode import flatten_tokens
+
+SERVING_RULES = ("drift", "energy")
+
+
+def draw_fastfading_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
+    """Everything random in one FastFading episode, drawn in a fixed order from ``rng``.
+
+    Order: distances, fading at token 0, then one Gauss-Markov step
+    (``rho = config.rho``) per further token, then the tokens.
+    """
+    distances = system.draw_distances(rng)
+    proc = system.fading_process()
+    fading = np.empty((num_tokens, system.num_nodes))
+    fading[0] = proc.reset(rng)
+    for t in range(1, num_tokens):
+        fading[t] = proc.step(rng)
+    tokens = system.sample_tokens(rng, num_tokens)
+    gains = system.gains(distances[None, :], fading)
+    cost, feas, viol = system.node_costs(gains)  # (T, M+1)
+    return {"distances": distances, "gains": gains, "tokens": tokens, "cost": cost, "feas": feas, "viol": viol}
+
+
+class FastFadingEnv(SiftMoEEnv):
+    """Expert selection under fast fading with a long-run average accuracy budget (P3).
+
+    ## Description
+
+    As in ``siftmoe_gym/Decode-v0`` (one step = one token at one MoE layer,
+    token-major), but every link's small-scale fading changes from token to
+    token: i.i.d. (``rho = 0``, default) or Gauss-Markov
+    ``h(t+1) = rho h(t) + sqrt(1 - rho^2) w(t)`` with ``rho = config.rho``.
+    The accuracy constraint is the long-run average per layer,
+    ``mean_t err_{t,l} <= eps_l``, with a hard per-token cap
+    ``err <= eps_max = eps_max_factor * eps_l`` (``docs/model.md`` section 4).
+    The observation carries each layer's virtual queue
+    ``Q_l(t+1) = max(Q_l(t) + err/eps_l - 1, 0)`` (in units of the layer
+    budget), so the average constraint is learnable: spending accuracy now
+    (``err > eps_l`` on a bad channel) must be paid back later.
+
+    ## Action Space
+
+    As in Decode-v0 (``"nodes"`` default ``MultiBinary(M)``, ``"discrete"``
+    ``Discrete(2**M)``, ``"experts"`` ``MultiBinary(N)``, ``"slots"``
+    ``MultiDiscrete([N+1]*k)``), except how a node set is served.  With
+    ``serving_rule="drift"`` (default) a node set ``U`` is served by the
+    drift-plus-penalty step restricted to ``U``: the assignment over experts on
+    node 0 and ``U`` minimizing ``V * E / (E_topk + f) + Q_l * err / eps_l``
+    subject to ``err <= eps_max`` (``V = config.drift_v``), i.e.
+    ``solve_decode(instance, allowed, cap=cap_budget, **serving_weights)``;
+    with an empty queue this is the cheapest assignment within the cap, and as
+    the queue grows the serving spends more energy to cut the error.  With
+    ``serving_rule="energy"`` it is always the cheapest assignment within the
+    cap.  ``env.unwrapped.serving_weights`` gives the current weights.
+
+    ## Observation Space
+
+    The Decode-v0 blocks (``router_probs``, ``topk_mask``, ``link_margin``,
+    ``node_cost``, ``node_feasible`` of this token's channels, ``layer``,
+    ``norm``, ``solo_error`` in units of ``eps_l``, ``progress``) followed by
+
+    | Index (start, length) | Name        | Bounds | Meaning |
+    |-----------------------|-------------|--------|---------|
+    | ``D0``, 1             | layer_queue | [0, 1] | ``Q_l / queue_clip`` of the current layer, clipped |
+    | ``D0 + 1``, L         | queues      | [0, 1] | every layer's ``Q / queue_clip``, clipped |
+
+    where ``D0 = 2N + 4M + L + 3`` (``2N + 3M + L + 2`` without solo errors).
+    ``env.unwrapped.obs_slices`` has the exact slices.
+
+    ## Rewards
+
+    Per step ``r = -(E + f) / (E_topk + f) - penalty * max(0, err - eps_max) / eps_l
+    - penalty_latency * latency_violation / tau`` (no per-step penalty between
+    ``eps_l`` and the cap: a per-step penalty above ``eps_l`` would forbid the
+    flexibility the average constraint gives).  At the last step the episode's
+    average excess is charged once:
+    ``- penalty * episode_tokens * sum_l max(0, mean_t(err_{t,l} / eps_l) - 1)``,
+    i.e. what a per-step penalty ``penalty * (err/eps_l - 1)`` would sum to if
+    every token carried the mean excess.  Top-k scores exactly -1 per step on
+    all-feasible links.  ``info`` adds ``cap``, ``queue`` (all layers, after
+    the step), ``cap_violation`` and, at the end, ``reward_average`` and
+    ``mean_error_ratio`` (L,).
+
+    ## Starting State
+
+    Distances, the fading of every token of the episode and the tokens are
+    drawn at reset from ``np_random``; the queues start at 0.
+
+    ## Episode End
+
+    Terminates after ``episode_tokens * L`` steps.  No truncation.
+
+    ## Arguments
+
+    As Decode-v0; environment keys additionally ``queue_clip`` (default 20)
+    and ``serving_rule`` (``"drift"`` or ``"energy"``).
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    setting = "fastfading"
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        cfg = super().default_config()
+        cfg.update({"episode_tokens": 32, "queue_clip": 20.0, "serving_rule": "drift"})
+        return cfg
+
+    def _validate_env_config(self, cfg):
+        cfg = super()._validate_env_config(cfg)
+        cfg["queue_clip"] = _check_number("queue_clip", cfg["queue_clip"])
+        if cfg["queue_clip"] <= 0:
+            raise ValueError(f"invalid queue_clip={cfg['queue_clip']!r}: must be > 0")
+        if cfg["serving_rule"] not in SERVING_RULES:
+            raise ValueError(f"invalid serving_rule={cfg['serving_rule']!r}: must be one of {SERVING_RULES}")
+        return cfg
+
+    def _extra_segments(self):
+        return [("layer_queue", 1, 0.0, 1.0), ("queues", self.n_layers, 0.0, 1.0)]
+
+    @property
+    def token(self) -> int:
+        return min(self._s, self._n_steps - 1) // self.n_layers
+
+    def _new_episode(self, rng: np.random.Generator) -> None:
+        ep = draw_fastfading_episode(self.system, rng, self.env_config["episode_tokens"])
+        self._load_episode(ep)
+
+    def _load_episode(self, ep: dict[str, Any]) -> None:
+        self._ep = ep
+        probs, topk, gates, norms, layers = flatten_tokens(ep["tokens"], self.n_layers)
+        s = len(layers)
+        self._n_steps = s
+        self._prepare_steps(probs, topk, gates, norms, layers)
+        tok = np.arange(s) // self.n_layers
+        self._tok = tok
+        cost, feas, viol = ep["cost"], ep["feas"], ep["viol"]
+        self._cost, self._feas, self._viol = cost, feas, viol
+        self._topk_e = np.where(self._topk_used, cost[tok], 0.0).sum(axis=1) + self.compute_cost * self._topk_count
+        self._obs_table = self._static_features(
+            probs, topk, layers, norms, self._dk, gates, self._margin_db(ep["gains"])[tok],
+            cost[tok], feas[tok], self._topk_e + self.floor, np.arange(s) / s,
+        )
+        self.queue = np.zeros(self.n_layers)
+        self._ratio_sum = np.zeros(self.n_layers)
+        self._cap_factor = float(self.system.config.eps_max_factor)
+
+    def _step_costs(self):
+        t = self._tok[min(self._s, self._n_steps - 1)]
+        return self._cost[t], self._feas[t], self._viol[t]
+
+    @property
+    def cap_budget(self) -> float:
+        """Per-token error cap ``eps_max = eps_max_factor * eps_l`` of the next step."""
+        return self._cap_factor * float(self.budgets[self.layer])
+
+    @property
+    def serving_weights(self) -> dict[str, float]:
+        """``energy_weight`` / ``error_weight`` the next step serves a node set with (see Action Space)."""
+        s = min(self._s, self._n_steps - 1)
+        if self.env_config["serving_rule"] == "energy":
+            return {"energy_weight": 1.0, "error_weight": 0.0}
+        layer = int(self._layers[s])
+        return {
+            "energy_weight": float(self.system.config.drift_v) / (float(self._topk_e[s]) + self.floor),
+            "error_weight": float(self.queue[layer]) / float(self._eps_div[layer]),
+        }
+
+    @property
+    def topk_energy(self) -> float:
+        return float(self._topk_e[min(self._s, self._n_steps - 1)])
+
+    def _observation(self) -> np.ndarray:
+        s = min(self._s, self._n_steps - 1)
+        obs = self._obs_table[s].copy()
+        q = np.minimum(self.queue / self.env_config["queue_clip"], 1.0)
+        obs[self.obs_slices["layer_queue"]] = q[self._layers[s]]
+        obs[self.obs_slices["queues"]] = q
+        return obs
+
+    def step(self, action):
+        if not self._episode_ready:
+            raise RuntimeError("call reset() before step() (the episode has ended or not started)")
+        kind, payload = self.decode_action(action)
+        s = self._s
+        layer = int(self._layers[s])
+        t = int(self._tok[s])
+        eps = float(self.budgets[layer])
+        cap = self._cap_factor * eps
+        w = self.serving_weights
+        cost, feas, viol = self._cost[t], self._feas[t], self._viol[t]
+        res = self._serve(kind, payload, s, layer, cost, feas, viol, cap, w["energy_weight"], w["error_weight"])
+        e_topk = float(self._topk_e[s])
+        r_e, r_a, r_l = self._reward(res["energy"], e_topk, res["err"], cap, float(self._eps_div[layer]), res["lat"])
+        ratio = res["err"] / float(self._eps_div[layer])
+        self.queue[layer] = max(self.queue[layer] + ratio - 1.0, 0.0)
+        self._ratio_sum[layer] += ratio
+        self._s = s + 1
+        terminated = self._s >= self._n_steps
+        r_avg = 0.0
+        info = {
+            "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps, "cap": cap,
+            "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15,
+            "cap_violation": res["err"] > cap * (1.0 + 1e-12) + 1e-15,
+            "latency_violation": res["lat"], "assignment": res["assignment"], "computed": res["computed"],
+            "nodes_used": res["used"], "queue": self.queue.copy(),
+            "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
+            "layer": layer, "token": t,
+        }
+        if terminated:
+            tokens = self.env_config["episode_tokens"]
+            mean_ratio = self._ratio_sum / tokens
+            r_avg = -self.env_config["penalty"] * tokens * float(np.maximum(mean_ratio - 1.0, 0.0).sum())
+            info["mean_error_ratio"] = mean_ratio
+            self._episode_ready = False
+        info["reward_average"] = r_avg
+        reward = r_e + r_a + r_l + r_avg
+        self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
+        return self._format_obs(self._observation()), reward, terminated, False, info

@@ -1,0 +1,226 @@
+"""``siftmoe_gym/Prefill-v0``: expert selection for a block of prompt tokens (P2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..instances import PrefillInstance
+from .base import SiftMoEEnv
+
+
+def draw_prefill_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
+    """Distances, fading (once) and the block's tokens, in that order, plus the load cost tables."""
+    distances = system.draw_distances(rng)
+    fading = system.fading_process().reset(rng)
+    tokens = system.sample_tokens(rng, num_tokens)
+    gains = system.gains(distances, fading)
+    cost_tab, feas_tab, viol_tab = system.load_tables(gains, num_tokens)  # (M+1, T+1)
+    return {"distances": distances, "gains": gains, "tokens": tokens, "cost_tab": cost_tab,
+            "feas_tab": feas_tab, "viol_tab": viol_tab}
+
+
+class PrefillEnv(SiftMoEEnv):
+    """Expert selection for a prefill block of ``T`` tokens passing each MoE layer together (P2).
+
+    ## Description
+
+    A prompt block of ``T = config.prefill_tokens`` tokens passes every MoE
+    layer together.  Edge node ``m`` receives, in one transmission within the
+    prefill latency budget ``tau_p = config.tau_prefill_s``, the hidden states
+    of the ``n_m`` tokens that use any of its experts, at cost ``c_m(n_m)``
+    (convex and increasing).  Each token keeps its own accuracy constraint
+    ``err_t <= eps_l``.  The agent decides token by token: steps go through
+    the block's tokens at layer 0, then at layer 1, and so on; each node's
+    load so far in the block at this layer is part of the observation, and
+    the step pays the *marginal* cost ``c_m(n_m + 1) - c_m(n_m)`` of every
+    node it adds the token to.  ``env.unwrapped.instance`` is the per-token
+    :class:`~siftmoe_gym.instances.DecodeInstance` whose ``node_cost`` is that
+    marginal cost (``node_feasible``: whether the link still meets ``tau_p``
+    with one more token; ``node_violation_s``: the increase of the block's
+    latency overrun), and ``env.unwrapped.block_instance`` the whole layer's
+    :class:`~siftmoe_gym.instances.PrefillInstance` with single-transmission
+    cost tables.
+
+    ## Action Space
+
+    As in Decode-v0: ``"nodes"`` (default, ``MultiBinary(M)``: the token is
+    served exactly by ``solve_decode`` over node 0 and the chosen nodes at the
+    marginal costs), ``"discrete"`` (``Discrete(2**M)``), ``"experts"``
+    (``MultiBinary(N)``), ``"slots"`` (``MultiDiscrete([N+1]*k)``).
+
+    ## Observation Space
+
+    The Decode-v0 blocks, where ``node_cost`` is the marginal cost over the
+    reward scale ``Ebar_l + f`` (clipped to [0, 10]), ``node_feasible`` refers
+    to one more token, ``link_margin`` to one token within ``tau_p`` and
+    ``progress`` to the whole block episode, followed by
+
+    | Index (start, length) | Name           | Bounds | Meaning |
+    |-----------------------|----------------|--------|---------|
+    | ``D0``, M             | loads          | [0, 1] | tokens already sent to each edge node at this layer, over ``T`` |
+    | ``D0 + M``, 1         | block_position | [0, 1] | ``t / T``: the token's position in the block |
+
+    with ``D0 = 2N + 4M + L + 3`` (``2N + 3M + L + 2`` without solo errors).
+
+    ## Rewards
+
+    ``r = -(dE + f) / (Ebar_l + f) - penalty * max(0, err - eps_l) / eps_l
+    - penalty_latency * d_violation / tau_p``, where ``dE`` is the step's
+    marginal energy (marginal link costs plus ``e_c`` per computed expert),
+    ``Ebar_l`` top-k's block energy at this layer divided by ``T`` (a constant
+    per layer and episode) and ``d_violation`` the increase of the block's
+    latency overrun.  The marginal costs telescope: the return is minus the
+    block's energy (per layer in units of ``Ebar_l + f``), penalties aside,
+    and top-k averages exactly -1 per step over each layer (up to rounding)
+    when its links are feasible.  ``info`` carries the Decode-v0 keys (with
+    ``energy_j`` the marginal energy and ``topk_energy_j`` top-k's marginal
+    energy at the current loads) plus ``loads`` (after the step),
+    ``block_energy_j`` (the layer's block energy so far) and
+    ``reward_scale_j`` (``Ebar_l``).
+
+    ## Starting State
+
+    Distances, slow fading and the block's tokens are drawn at reset from
+    ``np_random``; all loads start at 0.
+
+    ## Episode End
+
+    Terminates after ``T * L`` steps (the block has passed every layer).
+
+    ## Arguments
+
+    As Decode-v0 except ``episode_tokens`` (the episode is one block; set its
+    size with the system key ``prefill_tokens``).
+
+    ## Version History
+
+    - v0: initial version.
+    """
+
+    setting = "prefill"
+
+    def _setting_tau(self) -> float:
+        return float(self.system.config.tau_prefill_s)
+
+    def _extra_segments(self):
+        return [("loads", self.n_nodes, 0.0, 1.0), ("block_position", 1, 0.0, 1.0)]
+
+    @property
+    def token(self) -> int:
+        return min(self._s, self._n_steps - 1) % self._T
+
+    @property
+    def token_in_block(self) -> int:
+        return self.token
+
+    def _new_episode(self, rng: np.random.Generator) -> None:
+        ep = draw_prefill_episode(self.system, rng, int(self.system.config.prefill_tokens))
+        self._load_episode(ep)
+
+    def _load_episode(self, ep: dict[str, Any]) -> None:
+        self._ep = ep
+        tokens = ep["tokens"]
+        t_count, nl = tokens.probs.shape[0], self.n_layers
+        self._T = t_count
+        s = t_count * nl
+        self._n_steps = s
+        probs = tokens.probs.transpose(1, 0, 2).reshape(s, -1)
+        topk = tokens.topk.transpose(1, 0, 2).reshape(s, -1)
+        gates = tokens.gates.transpose(1, 0, 2).reshape(s, -1)
+        norms = tokens.norms.T.reshape(s)
+        layers = np.repeat(np.arange(nl), t_count)
+        self._prepare_steps(probs, topk, gates, norms, layers)
+        self._cost_tab, self._feas_tab, self._viol_tab = ep["cost_tab"], ep["feas_tab"], ep["viol_tab"]
+        m1 = self.n_nodes + 1
+        self._ar = np.arange(m1)
+        n_topk = self._topk_used.reshape(nl, t_count, m1).sum(axis=1)  # (L, M+1)
+        block_topk = self._cost_tab[self._ar[None, :], n_topk].sum(axis=1)
+        block_topk = block_topk + self.compute_cost * self._topk_count.reshape(nl, t_count).sum(axis=1)
+        self._e_bar = block_topk / t_count  # (L,)
+        self._obs_table = self._static_features(
+            probs, topk, layers, norms, self._dk, gates,
+            np.broadcast_to(self._margin_db(ep["gains"]), (s, self.n_nodes)), None, None,
+            None, np.arange(s) / s,
+        )
+        self._obs_table[:, self.obs_slices["block_position"]] = (np.arange(s) % t_count / t_count)[:, None]
+        self._start_layer()
+        self._block_cache: dict[int, PrefillInstance] = {}
+
+    def _start_layer(self) -> None:
+        self._loads = np.zeros(self.n_nodes + 1, dtype=np.int64)
+        self._block_viol = 0.0
+        self._block_energy = 0.0
+
+    def _step_costs(self):
+        loads = self._loads
+        nxt = np.minimum(loads + 1, self._T)
+        cost = self._cost_tab[self._ar, nxt] - self._cost_tab[self._ar, loads]
+        feas = self._feas_tab[self._ar, nxt]
+        viol = np.maximum(self._viol_tab[self._ar, nxt] - self._block_viol, 0.0)
+        return cost, feas, viol
+
+    @property
+    def topk_energy(self) -> float:
+        cost, _, _ = self._step_costs()
+        return self._topk_energy(min(self._s, self._n_steps - 1), cost)
+
+    @property
+    def block_instance(self) -> PrefillInstance:
+        """The current layer's whole block as a :class:`PrefillInstance` (single-transmission cost tables)."""
+        layer = self.layer
+        inst = self._block_cache.get(layer)
+        if inst is None:
+            inst = self.system.prefill_instance(self._ep["tokens"], layer, self._ep["gains"])
+            self._block_cache[layer] = inst
+        return inst
+
+    @property
+    def loads(self) -> np.ndarray:
+        """Tokens already sent to each node (M+1,) at the current layer of the block."""
+        return self._loads.copy()
+
+    def _observation(self) -> np.ndarray:
+        s = min(self._s, self._n_steps - 1)
+        obs = self._obs_table[s].copy()
+        cost, feas, _ = self._step_costs()
+        layer = int(self._layers[s])
+        sl = self.obs_slices
+        obs[sl["node_cost"]] = np.clip(cost[1:] / (self._e_bar[layer] + self.floor), 0.0, 10.0)
+        obs[sl["node_feasible"]] = feas[1:]
+        obs[sl["loads"]] = self._loads[1:] / self._T
+        return obs
+
+    def step(self, action):
+        if not self._episode_ready:
+            raise RuntimeError("call reset() before step() (the episode has ended or not started)")
+        kind, payload = self.decode_action(action)
+        s = self._s
+        layer = int(self._layers[s])
+        eps = float(self.budgets[layer])
+        cost, feas, viol = self._step_costs()
+        res = self._serve(kind, payload, s, layer, cost, feas, viol, eps, 1.0, 0.0)
+        e_topk = self._topk_energy(s, cost)
+        e_bar = float(self._e_bar[layer])
+        r_e, r_a, r_l = self._reward(res["energy"], e_bar, res["err"], eps, float(self._eps_div[layer]), res["lat"])
+        reward = r_e + r_a + r_l
+        self._loads = self._loads + res["used"]
+        self._block_viol += res["lat"]
+        self._block_energy += res["energy"]
+        info = {
+            "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps,
+            "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": res["lat"],
+            "assignment": res["assignment"], "computed": res["computed"], "nodes_used": res["used"],
+            "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
+            "layer": layer, "token": s % self._T, "loads": self._loads.copy(),
+            "block_energy_j": self._block_energy, "reward_scale_j": e_bar,
+        }
+        self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
+        self._s = s + 1
+        terminated = self._s >= self._n_steps
+        if terminated:
+            self._episode_ready = False
+        elif self._s % self._T == 0:
+            self._start_layer()
+        return self._format_obs(self._observation()), reward, terminated, False, info

@@ -1,0 +1,318 @@
+"""Native vector environments: all copies stepped at once in numpy.
+
+``gym.make_vec("siftmoe_gym/Decode-v0", num_envs=1024, vectorization_mode="vector_entry_point")``
+returns a :class:`DecodeVectorEnv`.  Copy ``i`` reset with ``seed`` uses the
+generator ``seeding.np_random(seed + i)`` (as Gymnasium's ``SyncVectorEnv``
+does), draws its episodes with the very code the single environment uses,
+and steps with the same arithmetic, so it reproduces the single environment
+step for step.  Autoreset follows Gymnasium 1.x's default ``NEXT_STEP``
+mode: the call after a termination resets the copy and returns its first
+observation with reward 0.
+
+Episodes have a fixed length, so every copy is always at the same step;
+Decode and FastFading are stepped fully batched (exact enumeration table),
+Prefill (and systems too large for the table) step the copies one after the
+other inside the same API.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from .base import pick_rows
+from .decode import DecodeEnv
+from .fastfading import FastFadingEnv
+from .prefill import PrefillEnv
+
+_STACK = {
+    "decode": ("_obs_table", "_topk_e", "_err_tab", "_dk", "_gates", "_cost", "_feas", "_viol", "_energy_lc"),
+    "fastfading": ("_obs_table", "_topk_e", "_err_tab", "_dk", "_gates", "_cost", "_feas", "_viol"),
+}
+
+
+class SiftMoEVectorEnv(VectorEnv):
+    """Batched copies of one siftmoe_gym environment (see module docstring)."""
+
+    env_class: type = DecodeEnv
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, num_envs: int = 1, config: Any = None, **kwargs: Any):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"invalid num_envs={num_envs!r}: must be an integer >= 1")
+        if kwargs.get("render_mode") is not None:
+            raise ValueError("the native vector environment does not render; use vectorization_mode='sync' for rendering")
+        kwargs.pop("render_mode", None)
+        self.env = self.env_class(config, **kwargs)
+        self.num_envs = int(num_envs)
+        self.single_observation_space = self.env.observation_space
+        self.single_action_space = self.env.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = None
+        self.setting = self.env.setting
+        self._batched = self.setting in _STACK and self.env.table.enabled
+        self._rngs: list[np.random.Generator] | None = None
+        self._copies: list[Any] | None = None
+        self._autoreset = False
+        self._s = 0
+
+    # ---------------------------------------------------------------- reset
+    def _seed(self, seed) -> None:
+        n = self.num_envs
+        if seed is None:
+            if self._rngs is None:
+                self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
+            return
+        if isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"seed must be an int, None or a list of {n} seeds, got {seed!r}")
+        self._rngs = [seeding.np_random(s)[0] for s in seeds]
+
+    def reset(self, *, seed=None, options=None):
+        self._seed(seed)
+        if options:
+            unknown = sorted(set(options) - {"config"})
+            if unknown:
+                raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['config']")
+            if options.get("config") is not None:
+                self.env._reconfigure(options["config"])
+                self._batched = self.setting in _STACK and self.env.table.enabled
+        return self._reset_all()
+
+    def _reset_all(self):
+        env = self.env
+        self._s = 0
+        self._autoreset = False
+        if not self._batched:
+            if self._copies is None or len(self._copies) != self.num_envs or self._copies[0].system is not env.system:
+                self._copies = [copy.copy(env) for _ in range(self.num_envs)]
+            obs = []
+            for c, rng in zip(self._copies, self._rngs):
+                c.env_config = env.env_config
+                c._np_random = rng
+                c._s = 0
+                c._last = None
+                c._new_episode(rng)
+                c._episode_ready = True
+                obs.append(c._observation())
+            return self._format(np.stack(obs)), {}
+        per = {name: [] for name in _STACK[self.setting]}
+        for rng in self._rngs:
+            env._new_episode(rng)
+            for name in per:
+                per[name].append(getattr(env, name))
+        for name, vals in per.items():
+            setattr(self, name, np.stack(vals))
+        self._layers = env._layers
+        self._n_steps = env._n_steps
+        self._tokens_per_ep = env.env_config["episode_tokens"]
+        if self.setting == "fastfading":
+            self._queue = np.zeros((self.num_envs, env.n_layers))
+            self._ratio_sum = np.zeros((self.num_envs, env.n_layers))
+        self._ar = np.arange(self.num_envs)
+        self._node_onehot = np.zeros((env.n_layers, env.n_experts, env.n_nodes + 1))
+        for lay in range(env.n_layers):
+            self._node_onehot[lay, np.arange(env.n_experts), env.system.node_of[lay]] = 1.0
+        return self._format(self._observation()), {}
+
+    def _format(self, flat: np.ndarray):
+        if self.env.obs_mode == "flat":
+            return flat
+        return {name: flat[:, sl] for name, sl in self.env.obs_slices.items()}
+
+    def _observation(self) -> np.ndarray:
+        s = min(self._s, self._n_steps - 1)
+        obs = self._obs_table[:, s].copy()
+        if self.setting == "fastfading":
+            q = np.minimum(self._queue / self.env.env_config["queue_clip"], 1.0)
+            obs[:, self.env.obs_slices["layer_queue"]] = q[:, self._layers[s], None]
+            obs[:, self.env.obs_slices["queues"]] = q
+        return obs
+
+    # ---------------------------------------------------------------- actions
+    def _bad(self, actions, why):
+        return ValueError(f"invalid actions for action_mode={self.env.action_mode!r}: {why}; expected {self.num_envs} stacked elements of {self.single_action_space}, i.e. {self.action_space}")
+
+    def _decode_actions(self, actions):
+        env, n = self.env, self.num_envs
+        mode = env.action_mode
+        arr = np.asarray(actions)
+        if mode == "discrete":
+            if arr.shape != (n,) or arr.dtype.kind not in "iu":
+                raise self._bad(actions, f"need {n} integers, got shape {arr.shape} dtype {arr.dtype}")
+            if arr.min() < 0 or arr.max() >= (1 << env.n_nodes):
+                raise self._bad(actions, "node-subset index out of range")
+            return "nodes", arr.astype(np.int64)
+        width = {"nodes": env.n_nodes, "experts": env.n_experts, "slots": env.top_k}[mode]
+        if arr.shape != (n, width) or arr.dtype.kind not in "biuf":
+            raise self._bad(actions, f"shape {arr.shape} dtype {arr.dtype}")
+        if mode == "slots":
+            if arr.dtype.kind == "b" or (arr.dtype.kind == "f" and not np.all(np.floor(arr) == arr)):
+                raise self._bad(actions, "values must be integers")
+            srv = arr.astype(np.int64)
+            if srv.min() < 0 or srv.max() > env.n_experts:
+                raise self._bad(actions, f"values must be in [0, {env.n_experts}]")
+            return "slots", srv
+        if arr.dtype.kind != "b" and not np.all((arr == 0) | (arr == 1)):
+            raise self._bad(actions, "values must be 0 or 1")
+        bits = arr.astype(bool)
+        if mode == "nodes":
+            return "nodes", bits.astype(np.int64) @ env._pow2
+        return "experts", bits
+
+    # ------------------------------------------------------------------ step
+    def step(self, actions):
+        n = self.num_envs
+        if self._autoreset:
+            obs, _ = self._reset_all()
+            z = np.zeros(n, dtype=bool)
+            return obs, np.zeros(n), z, z.copy(), {}
+        if not self._batched:
+            return self._step_loop(actions)
+        env = self.env
+        kind, payload = self._decode_actions(actions)
+        s = self._s
+        layer = int(self._layers[s])
+        eps = float(env.budgets[layer])
+        eps_d = float(env._eps_div[layer])
+        tab = env.table
+        nn = env.n_experts
+        ff = self.setting == "fastfading"
+        if ff:
+            t = s // env.n_layers
+            cost, feas, viol = self._cost[:, t], self._feas[:, t], self._viol[:, t]
+        else:
+            cost, feas, viol = self._cost, self._feas, self._viol
+        e_topk = self._topk_e[:, s]
+        if ff:
+            cap = env._cap_factor * eps if hasattr(env, "_cap_factor") else env.system.config.eps_max_factor * eps
+            if env.env_config["serving_rule"] == "energy":
+                we, wr = np.ones(n), np.zeros(n)
+            else:
+                we = float(env.system.config.drift_v) / (e_topk + env.floor)
+                wr = self._queue[:, layer] / eps_d
+        else:
+            cap = eps
+        dk = self._dk[:, s]  # (n, k, N+1)
+        if kind == "nodes":
+            err_c = self._err_tab[:, s]
+            energy_c = self._energy_lc[:, layer] if not ff else cost @ tab.nodes_f[layer].T + env.compute_cost * tab.count
+            if tab.allow is not None:
+                allow = tab.allow[layer][payload]
+            else:
+                allow = (~env._subset_nodes[payload]).astype(np.float64) @ tab.nodes_f[layer].T == 0
+            obj = energy_c if not ff else we[:, None] * energy_c + wr[:, None] * err_c
+            idx, _ = pick_rows(allow, err_c, energy_c, obj, np.full(n, cap))
+            servers = tab.servers[idx]
+        elif kind == "experts":
+            usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
+            servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
+        else:
+            servers = payload
+        if kind == "experts":
+            computed = payload
+        else:
+            computed = np.zeros((n, nn + 1), dtype=bool)
+            np.put_along_axis(computed, servers, True, axis=1)
+            computed = computed[:, :nn]
+        used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+        energy = np.where(used, cost, 0.0).sum(axis=1) + env.compute_cost * computed.sum(axis=1)
+        gates = self._gates[:, s]
+        err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+        lat = np.where(used, viol, 0.0).max(axis=1)
+        pen, pen_l = env.env_config["penalty"], env.env_config["penalty_latency"]
+        r_e = -(energy + env.floor) / (e_topk + env.floor)
+        thr = cap
+        r_a = np.where(err > thr, -pen * np.maximum(err - thr, 0.0) / eps_d, 0.0)
+        r_l = np.where(lat > 0.0, -pen_l * lat / env._tau, 0.0)
+        reward = r_e + r_a + r_l
+        assignment = np.where(servers >= nn, -1, servers)
+        info = {
+            "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
+            "violation": err > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": lat, "assignment": assignment,
+            "nodes_used": used, "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
+            "layer": np.full(n, layer), "token": np.full(n, s // env.n_layers),
+        }
+        self._s = s + 1
+        terminated = self._s >= self._n_steps
+        if ff:
+            ratio = err / eps_d
+            self._queue[:, layer] = np.maximum(self._queue[:, layer] + ratio - 1.0, 0.0)
+            self._ratio_sum[:, layer] += ratio
+            info["cap"] = np.full(n, cap)
+            info["queue"] = self._queue.copy()
+            r_avg = np.zeros(n)
+            if terminated:
+                tokens = self._tokens_per_ep
+                mean_ratio = self._ratio_sum / tokens
+                r_avg = -pen * tokens * np.maximum(mean_ratio - 1.0, 0.0).sum(axis=1)
+                info["mean_error_ratio"] = mean_ratio
+            info["reward_average"] = r_avg
+            reward = reward + r_avg
+        for key in list(info):
+            info["_" + key] = np.ones(n, dtype=bool)
+        self._autoreset = terminated
+        obs = self._format(self._observation())
+        return obs, reward, np.full(n, terminated), np.zeros(n, dtype=bool), info
+
+    def _step_loop(self, actions):
+        n = self.num_envs
+        env = self.env
+        if env.action_mode == "discrete":
+            arr = np.asarray(actions)
+            if arr.shape != (n,):
+                raise self._bad(actions, f"shape {arr.shape} != ({n},)")
+        else:
+            arr = np.asarray(actions)
+            if arr.ndim < 1 or arr.shape[0] != n:
+                raise self._bad(actions, f"leading dimension {arr.shape[:1]} != ({n},)")
+        obs, rew, term, infos = [], np.zeros(n), np.zeros(n, dtype=bool), {}
+        for i, c in enumerate(self._copies):
+            o, r, te, _, inf = c.step(arr[i])
+            obs.append(o if env.obs_mode == "flat" else np.concatenate([o[k] for k in env.obs_slices]))
+            rew[i], term[i] = r, te
+            for key, val in inf.items():
+                if key not in infos:
+                    infos[key] = [None] * n
+                infos[key][i] = val
+        out = {}
+        for key, vals in infos.items():
+            try:
+                out[key] = np.stack([np.asarray(v) for v in vals])
+            except ValueError:
+                out[key] = np.array(vals, dtype=object)
+            out["_" + key] = np.ones(n, dtype=bool)
+        self._s += 1
+        self._autoreset = bool(term.all())
+        return self._format(np.stack(obs)), rew, term, np.zeros(n, dtype=bool), out
+
+    # --------------------------------------------------------------- extras
+    def close_extras(self, **kwargs):
+        self._copies = None
+
+
+class DecodeVectorEnv(SiftMoEVectorEnv):
+    """Native vector version of ``siftmoe_gym/Decode-v0``."""
+
+    env_class = DecodeEnv
+
+
+class FastFadingVectorEnv(SiftMoEVectorEnv):
+    """Native vector version of ``siftmoe_gym/FastFading-v0``."""
+
+    env_class = FastFadingEnv
+
+
+class PrefillVectorEnv(SiftMoEVectorEnv):
+    """Vector version of ``siftmoe_gym/Prefill-v0`` (copies stepped in turn, same API and results)."""
+
+    env_class = PrefillEnv

@@ -1,0 +1,219 @@
+"""Checker, determinism, reward and API tests of the siftmoe_gym environments."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+
+import siftmoe_gym
+from siftmoe_gym.envs import ENV_IDS
+from siftmoe_gym.serving import solve_decode
+
+SMALL = {"episode_tokens": 4}
+BASE_IDS = ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0", "siftmoe_gym/FastFading-v0"]
+
+
+def _make(env_id, **kw):
+    cfg = {} if "Prefill" in env_id else dict(SMALL)
+    cfg.update(kw.pop("config", {}))
+    return gym.make(env_id, config=cfg, **kw)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_gymnasium_checker_every_id(env_id):
+    env = _make(env_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+@pytest.mark.parametrize("action_mode", ["nodes", "experts", "slots", "discrete"])
+@pytest.mark.parametrize("obs_mode", ["flat", "dict"])
+def test_checkers_every_mode(env_id, action_mode, obs_mode):
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = _make(env_id, action_mode=action_mode, obs_mode=obs_mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check_env(env.unwrapped, skip_render_check=True)
+        sb3_check_env(_make(env_id, action_mode=action_mode, obs_mode=obs_mode).unwrapped, warn=False)
+
+
+def _rollout(env, seed, steps=None):
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out = [obs]
+    done, n = False, 0
+    while not done and (steps is None or n < steps):
+        obs, r, te, tr, info = env.step(env.action_space.sample())
+        out.append((obs, r, te, info))
+        done, n = te or tr, n + 1
+    return out
+
+
+def _same(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+def test_determinism(env_id):
+    a = _rollout(_make(env_id), 3)
+    b = _rollout(_make(env_id), 3)
+    c = _rollout(_make(env_id), 4)
+    assert _same(a, b)
+    assert not _same(a[0], c[0])
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+def test_observations_inside_bounds(env_id):
+    env = _make(env_id, config={"distance_range_m": (20.0, 600.0)})
+    for obs in _rollout(env, 0)[1:]:
+        assert env.observation_space.contains(obs[0])
+        assert np.isfinite(obs[1])
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0"])
+@pytest.mark.parametrize("mode", ["slots", "experts", "nodes"])
+def test_topk_scores_minus_one(env_id, mode):
+    env = _make(env_id, action_mode=mode, config={"distances_m": (60.0, 80.0, 100.0, 120.0), "eps_abs": 1e-9})
+    env.reset(seed=0)
+    u = env.unwrapped
+    done = False
+    while not done:
+        inst = u.instance
+        assert inst.node_feasible.all()
+        _, r, done, _, info = env.step(u.encode_action(inst.topk))
+        assert r == -1.0 or (mode == "nodes" and "Fast" in env_id), (r, info)
+        if mode != "nodes":
+            assert info["energy_j"] == info["topk_energy_j"]
+
+
+def test_prefill_topk_averages_minus_one():
+    env = gym.make("siftmoe_gym/Prefill-v0", action_mode="slots", config={"distances_m": (60.0, 80.0, 100.0, 120.0)})
+    env.reset(seed=0)
+    u = env.unwrapped
+    rewards, blocks = [], []
+    done = False
+    while not done:
+        _, r, done, _, info = env.step(u.encode_action(u.instance.topk))
+        rewards.append(r)
+        if info["token"] == u.system.config.prefill_tokens - 1:
+            blocks.append(info["block_energy_j"])
+    t = u.system.config.prefill_tokens
+    per_layer = np.array(rewards).reshape(-1, t).sum(axis=1)
+    np.testing.assert_allclose(per_layer, -t, rtol=1e-9)
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+def test_solver_energy_through_env(env_id):
+    for mode in ("nodes", "discrete", "experts", "slots"):
+        env = _make(env_id, action_mode=mode)
+        env.reset(seed=5)
+        u = env.unwrapped
+        done = False
+        while not done:
+            kw = {}
+            if u.setting == "fastfading":
+                kw = dict(cap=u.cap_budget, **u.serving_weights)
+            sol = solve_decode(u.instance, **kw)
+            _, _, done, _, info = env.step(u.encode_action(sol.assignment))
+            assert info["energy_j"] == pytest.approx(sol.energy_j, rel=1e-12, abs=1e-18)
+            if mode != "experts":
+                assert info["error_bound"] == pytest.approx(sol.error_bound, rel=1e-12, abs=1e-15)
+
+
+def test_unwrapped_attributes():
+    env = gym.make("siftmoe_gym/Prefill-v0")
+    env.reset(seed=0)
+    u = env.unwrapped
+    assert u.setting == "prefill" and u.token_in_block == 0 and u.layer == 0
+    assert u.block_instance.num_tokens == u.system.config.prefill_tokens
+    ff = gym.make("siftmoe_gym/FastFading-v0", config=SMALL).unwrapped
+    ff.reset(seed=0)
+    assert ff.queue.shape == (ff.system.num_layers,) and ff.cap_budget == pytest.approx(3.0 * ff.budgets[0])
+    assert ff.block_instance is None and ff.topk_energy > 0
+    d = gym.make("siftmoe_gym/Decode-v0").unwrapped
+    d.reset(seed=0)
+    assert d.instance.layer == 0 and d.topk_energy == pytest.approx(d.instance.evaluate(d.instance.topk).energy_j)
+
+
+def test_bad_kwargs_and_actions():
+    with pytest.raises(ValueError, match="action_mode"):
+        gym.make("siftmoe_gym/Decode-v0", action_mode="bogus")
+    with pytest.raises(ValueError, match="obs_mode"):
+        gym.make("siftmoe_gym/Decode-v0", obs_mode="image")
+    with pytest.raises(ValueError, match="unknown config key"):
+        gym.make("siftmoe_gym/Decode-v0", config={"bogus": 1})
+    with pytest.raises(ValueError, match="penalty"):
+        gym.make("siftmoe_gym/Decode-v0", penalty=-1.0)
+    with pytest.raises(ValueError, match="episode_tokens"):
+        gym.make("siftmoe_gym/Prefill-v0", episode_tokens=3)
+    with pytest.raises(ValueError):
+        gym.make("siftmoe_gym/Decode-v0", config="no-such-preset")
+    env = gym.make("siftmoe_gym/Decode-v0").unwrapped
+    env.reset(seed=0)
+    for bad in (np.array([1, 0, 1]), np.array([2, 0, 0, 0]), np.array(["a"] * 4), 3):
+        with pytest.raises(ValueError, match="MultiBinary"):
+            env.step(bad)
+    d = gym.make("siftmoe_gym/DecodeDiscrete-v0").unwrapped
+    d.reset(seed=0)
+    for bad in (16, -1, 1.5, np.array([1, 2])):
+        with pytest.raises(ValueError, match="Discrete"):
+            d.step(bad)
+    s = gym.make("siftmoe_gym/Decode-v0", action_mode="slots").unwrapped
+    s.reset(seed=0)
+    with pytest.raises(ValueError, match="MultiDiscrete"):
+        s.step(np.array([9, 0]))
+    with pytest.raises(ValueError, match="reset option"):
+        s.reset(options={"bogus": 1})
+
+
+def test_config_via_reset_options_and_kwargs():
+    env = gym.make("siftmoe_gym/Decode-v0", config={"episode_tokens": 2, "penalty": 3.0, "num_nodes": 4})
+    u = env.unwrapped
+    assert u.env_config["penalty"] == 3.0
+    env.reset(seed=0, options={"config": {"episode_tokens": 3, "distances_m": (100.0, 100.0, 100.0, 100.0)}})
+    assert u.env_config["episode_tokens"] == 3 and u.system.config.distances_m == (100.0,) * 4
+    n = sum(1 for _ in _rollout(env, 1)) - 1
+    assert n == 3 * u.system.num_layers
+    with pytest.raises(ValueError, match="cannot change"):
+        env.reset(options={"config": {"num_experts": 10}})
+    assert gym.make("siftmoe_gym/Decode-v0", episode_tokens=5).unwrapped.env_config["episode_tokens"] == 5
+    assert gym.make("siftmoe_gym:siftmoe_gym/Decode-v0").unwrapped.setting == "decode"
+    assert set(type(u).default_config()) >= {"episode_tokens", "penalty", "penalty_latency"}
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+def test_render_modes(env_id):
+    for mode in ("ansi", "rgb_array"):
+        env = _make(env_id, render_mode=mode)
+        env.reset(seed=0)
+        env.step(env.action_space.sample())
+        out = env.render()
+        if mode == "ansi":
+            assert "error bound" in out and "node" in out
+        else:
+            assert out.shape == (320, 320, 3) and out.dtype == np.uint8
+
+
+def test_fastfading_queue_and_end_penalty():
+    env = gym.make("siftmoe_gym/FastFading-v0", action_mode="slots", config={"episode_tokens": 3})
+    env.reset(seed=0)
+    u = env.unwrapped
+    skip = np.full(u.top_k, u.n_experts)
+    total_avg = 0.0
+    done = False
+    while not done:
+        _, r, done, _, info = env.step(skip)
+        total_avg += info["reward_average"]
+    assert info["mean_error_ratio"].min() > 1.0 and total_avg < 0
+    assert u.queue.max() > 0
