@@ -1,0 +1,303 @@
+"""Training callbacks: comparison against the optimum, best model, atomic checkpoints.
+
+:class:`ComparisonEvalCallback` evaluates the agent at the first rollout
+boundary after every ``eval_freq`` environment steps, and once more at the end of training
+(after the last update), on fixed seeded episodes, next to ``siftmoe`` (the exact
+optimum) and ``topk`` on the same episodes (baselines are evaluated once and
+cached), and logs to TensorBoard under ``eval/``:
+
+=================================  ==============================================
+``eval/energy_per_token_mj``       agent energy per token (mJ, all layers)
+``eval/siftmoe_energy_per_token_mj`` / ``eval/topk_energy_per_token_mj``  references
+``eval/saving_vs_topk_pct``        ``100 (1 - E_agent / E_topk)``
+``eval/regret``                    ``E_agent / E_siftmoe - 1``
+``eval/violation_rate``            share of steps whose error bound exceeds the budget
+``eval/latency_violation_rate``    share of steps that overran the latency budget
+``eval/any_violation_rate``        share of steps over either budget
+``eval/excess_violation_rate``     ``any_violation_rate`` minus siftmoe's on the same episodes
+``eval/mean_error_ratio``          mean error bound / budget
+``eval/max_error_ratio``           max error bound / budget
+``eval/mean_return``               mean undiscounted episode return
+=================================  ==============================================
+
+plus a TensorBoard "custom scalars" layout that draws agent, siftmoe and topk
+energy in one chart.  The best model (lowest regret among evaluations with a
+excess violation rate of at most ``max_violation_rate``, i.e. at most that
+share of steps over a budget (error or latency) beyond what the optimum itself
+cannot avoid on the same episodes; if none qualifies, the lowest excess) is saved as ``best_model.zip`` with its metrics in
+``best_model.json``.
+
+:class:`AtomicCheckpointCallback` saves ``checkpoints/ckpt_<steps>.zip`` (and
+the replay buffer of off-policy algorithms) at the first rollout boundary after
+every ``save_freq`` steps and at the end of training: each
+file is written to a temporary name and moved into place with ``os.replace``,
+and ``checkpoints/latest.json`` is replaced last, so an interrupted save never
+leaves a truncated checkpoint behind the pointer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from stable_baselines3.common.callbacks import BaseCallback
+
+from .compare import REFERENCE, TOPK, BaselineCache, atomic_write_json, evaluate, regret
+from .policy import AgentPolicy
+
+CUSTOM_SCALARS_LAYOUT = {
+    "SiftMoE": {
+        "energy per token (mJ): agent vs siftmoe vs topk": [
+            "Multiline", ["eval/energy_per_token_mj", "eval/siftmoe_energy_per_token_mj", "eval/topk_energy_per_token_mj"]
+        ],
+        "regret vs siftmoe (E/E_opt - 1)": ["Multiline", ["eval/regret"]],
+        "saving vs top-k (%)": ["Multiline", ["eval/saving_vs_topk_pct", "eval/siftmoe_saving_vs_topk_pct"]],
+        "violation rates": ["Multiline", ["eval/violation_rate", "eval/latency_violation_rate",
+                                          "eval/any_violation_rate", "eval/siftmoe_any_violation_rate"]],
+        "error bound / budget": ["Multiline", ["eval/mean_error_ratio", "eval/max_error_ratio"]],
+    }
+}
+
+
+def atomic_save_model(model, path: str | os.PathLike) -> Path:
+    """``model.save`` to a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_save_replay_buffer(model, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        model.save_replay_buffer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def best_key(record: dict[str, Any], max_violation_rate: float) -> tuple:
+    v = record.get("excess_violation_rate", record["violation_rate"])
+    r = record["regret"] if math.isfinite(record["regret"]) else math.inf
+    return (0, 0.0, r) if v <= max_violation_rate else (1, v, r)
+
+
+class ComparisonEvalCallback(BaseCallback):
+    def __init__(
+        self,
+        eval_env,
+        seeds: list[int],
+        eval_freq: int,
+        run_dir: str | os.PathLike,
+        cache: BaselineCache,
+        model_meta: dict[str, Any] | None = None,
+        history: list[dict[str, Any]] | None = None,
+        best: dict[str, Any] | None = None,
+        wall_offset_s: float = 0.0,
+        max_violation_rate: float = 0.01,
+        deterministic: bool = True,
+        on_eval: Callable[[dict[str, Any]], None] | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__(verbose)
+        self.eval_env = eval_env
+        self.seeds = [int(s) for s in seeds]
+        self.eval_freq = max(int(eval_freq), 1)
+        self.run_dir = Path(run_dir)
+        self.cache = cache
+        self.model_meta = dict(model_meta or {})
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.best = best
+        self.wall_offset_s = float(wall_offset_s)
+        self.max_violation_rate = float(max_violation_rate)
+        self.deterministic = deterministic
+        self.on_eval = on_eval
+        self._t0 = time.perf_counter()
+        self._next_eval = 0
+        self._layout_written = False
+
+    # ------------------------------------------------------------ helpers
+    def wall_s(self) -> float:
+        return self.wall_offset_s + (time.perf_counter() - self._t0)
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+    def _write_layout(self) -> None:
+        if self._layout_written:
+            return
+        from stable_baselines3.common.logger import TensorBoardOutputFormat
+
+        for fmt in getattr(self.logger, "output_formats", []):
+            if isinstance(fmt, TensorBoardOutputFormat):
+                try:
+                    fmt.writer.add_custom_scalars(CUSTOM_SCALARS_LAYOUT)
+                except Exception:  # pragma: no cover - layout is cosmetic
+                    pass
+        self._layout_written = True
+
+    # ---------------------------------------------------------- callbacks
+    def _on_training_start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
+        self._write_layout()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # Evaluate at rollout boundaries: the model is then the one after the previous update,
+        # i.e. exactly what a checkpoint or saved model taken at this step contains.
+        if self.num_timesteps >= self._next_eval:
+            self.evaluate_now()
+            self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
+
+    def _on_training_end(self) -> None:
+        if self.last is None or self.last["timesteps"] != self.num_timesteps:
+            self.evaluate_now()
+
+    # --------------------------------------------------------- evaluation
+    def evaluate_now(self) -> dict[str, Any]:
+        policy = AgentPolicy(self.model, self.eval_env, deterministic=self.deterministic)
+        agent = evaluate(self.eval_env, policy, self.seeds)
+        ref = self.cache.get(REFERENCE)
+        top = self.cache.get(TOPK)
+        rec: dict[str, Any] = {
+            "timesteps": int(self.num_timesteps),
+            "wall_s": self.wall_s(),
+            **{k: float(v) for k, v in agent.items()},
+            "regret": regret(agent["energy_per_token_j"], ref["energy_per_token_j"]) if ref else math.nan,
+            "siftmoe_energy_per_token_j": ref["energy_per_token_j"] if ref else math.nan,
+            "siftmoe_saving_pct": ref["saving_pct"] if ref else math.nan,
+            "siftmoe_violation_rate": ref["violation_rate"] if ref else math.nan,
+            "siftmoe_any_violation_rate": ref.get("any_violation_rate", math.nan) if ref else math.nan,
+            "topk_policy_energy_per_token_j": top["energy_per_token_j"] if top else math.nan,
+        }
+        rec["excess_violation_rate"] = rec["any_violation_rate"] - (
+            rec["siftmoe_any_violation_rate"] if math.isfinite(rec["siftmoe_any_violation_rate"]) else 0.0)
+        self.history.append(rec)
+        self._log(rec)
+        atomic_write_json(self.run_dir / "evaluations.json", {"seeds": self.seeds, "history": self.history})
+        if self.best is None or best_key(rec, self.max_violation_rate) < best_key(self.best, self.max_violation_rate):
+            self.best = rec
+            atomic_save_model(self.model, self.run_dir / "best_model.zip")
+            atomic_write_json(self.run_dir / "best_model.json",
+                              {**self.model_meta, "metrics": rec, "eval_seeds": self.seeds})
+        if self.verbose:
+            print(f"[eval] steps={rec['timesteps']} regret={100 * rec['regret']:.2f}% "
+                  f"violations={100 * rec['violation_rate']:.2f}% (any {100 * rec['any_violation_rate']:.2f}%, "
+                  f"siftmoe {100 * rec['siftmoe_any_violation_rate']:.2f}%) saving={rec['saving_pct']:.2f}%")
+        if self.on_eval is not None:
+            self.on_eval(rec)
+        return rec
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        lg = self.logger
+        lg.record("eval/energy_per_token_mj", 1e3 * rec["energy_per_token_j"])
+        lg.record("eval/siftmoe_energy_per_token_mj", 1e3 * rec["siftmoe_energy_per_token_j"])
+        lg.record("eval/topk_energy_per_token_mj", 1e3 * rec["topk_energy_per_token_j"])
+        lg.record("eval/saving_vs_topk_pct", rec["saving_pct"])
+        lg.record("eval/siftmoe_saving_vs_topk_pct", rec["siftmoe_saving_pct"])
+        lg.record("eval/regret", rec["regret"])
+        lg.record("eval/violation_rate", rec["violation_rate"])
+        lg.record("eval/latency_violation_rate", rec["latency_violation_rate"])
+        lg.record("eval/any_violation_rate", rec["any_violation_rate"])
+        lg.record("eval/siftmoe_any_violation_rate", rec["siftmoe_any_violation_rate"])
+        lg.record("eval/excess_violation_rate", rec["excess_violation_rate"])
+        lg.record("eval/mean_error_ratio", rec["mean_error_ratio"])
+        lg.record("eval/max_error_ratio", rec["max_error_ratio"])
+        lg.record("eval/mean_return", rec["mean_return"])
+        lg.record("time/eval_seconds", rec["eval_seconds"])
+        lg.record("time/wall_s", rec["wall_s"])
+        lg.dump(rec["timesteps"])
+
+
+class AtomicCheckpointCallback(BaseCallback):
+    def __init__(self, save_freq: int, ckpt_dir: str | os.PathLike, keep: int = 2,
+                 wall_clock: Callable[[], float] | None = None, extra: Callable[[], dict] | None = None,
+                 verbose: int = 0):
+        super().__init__(verbose)
+        self.save_freq = max(int(save_freq), 1)
+        self.ckpt_dir = Path(ckpt_dir)
+        self.keep = max(int(keep), 1)
+        self.wall_clock = wall_clock
+        self.extra = extra
+        self._next = 0
+        self.last_saved_step = -1
+
+    def _on_training_start(self) -> None:
+        self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        # At the start of a rollout everything before it is complete: the previous rollout's
+        # transitions are stored and trained on (on-policy) or in the replay buffer with their
+        # gradient steps done (off-policy), so a resumed run repeats and loses nothing.
+        if self.num_timesteps >= self._next:
+            self.save()
+            self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+
+    def _on_training_end(self) -> None:
+        if self.last_saved_step != self.num_timesteps:
+            self.save()
+
+    def save(self) -> dict[str, Any]:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        steps = int(self.num_timesteps)
+        name = f"ckpt_{steps:010d}"
+        atomic_save_model(self.model, self.ckpt_dir / f"{name}.zip")
+        entry: dict[str, Any] = {"model": f"{name}.zip", "timesteps": steps}
+        if getattr(self.model, "replay_buffer", None) is not None:
+            atomic_save_replay_buffer(self.model, self.ckpt_dir / f"{name}_replay_buffer.pkl")
+            entry["replay_buffer"] = f"{name}_replay_buffer.pkl"
+        if self.wall_clock is not None:
+            entry["wall_s"] = float(self.wall_clock())
+        if self.extra is not None:
+            entry.update(self.extra())
+        atomic_write_json(self.ckpt_dir / "latest.json", entry)
+        self.last_saved_step = steps
+        self._prune(keep_name=name)
+        if self.verbose:
+            print(f"[checkpoint] {self.ckpt_dir / entry['model']}")
+        return entry
+
+    def _prune(self, keep_name: str) -> None:
+        names = sorted({p.name.split(".")[0].replace("_replay_buffer", "") for p in self.ckpt_dir.glob("ckpt_*")
+                        if not p.name.startswith(".")})
+        old = [n for n in names if n != keep_name][: max(len(names) - self.keep, 0)]
+        for n in old:
+            for p in self.ckpt_dir.glob(f"{n}*"):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+
+
+def read_latest_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(ckpt_dir) / "latest.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text())
+    entry["model_path"] = str(Path(ckpt_dir) / entry["model"])
+    if entry.get("replay_buffer"):
+        entry["replay_buffer_path"] = str(Path(ckpt_dir) / entry["replay_buffer"])
+    return entry

@@ -1,0 +1,136 @@
+"""Command line of ``train.py``.
+
+    python train.py --env siftmoe_gym/Decode-v0 --algo ppo --steps 200000 --seed 0 --n-envs 8 --logdir runs/
+    python train.py --quick
+    python train.py evaluate --model runs/<run>/final_model.zip
+
+Bad arguments (unknown algorithm or environment, algorithm incompatible with
+the action space, missing model file, malformed hyperparameter override) print
+one line ``train.py: error: ...`` on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from .algos import ALGOS, ALIASES, AgentConfigError
+
+PROG = "train.py"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message otherwise)
+        raise _UsageExit(message)
+
+
+class _UsageExit(Exception):
+    pass
+
+
+def _key_values(items: Sequence[str] | None) -> dict:
+    from .hyperparams import parse_overrides
+
+    return parse_overrides(items)
+
+
+def train_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train a Stable-Baselines3 agent on a siftmoe_gym environment and compare it "
+                "with the SiftMoE optimum, top-k and the other baselines on the same seeded episodes. "
+                "Subcommand: 'train.py evaluate --model PATH' re-evaluates a saved agent.")
+    p.add_argument("--env", default=None, help="environment id (default siftmoe_gym/Decode-v0)")
+    p.add_argument("--algo", default=None,
+                   help=f"algorithm: {', '.join(ALGOS)} (aliases: {', '.join(ALIASES)}); default ppo")
+    p.add_argument("--steps", type=int, default=None, help="total environment steps (default: n_timesteps of the YAML)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-envs", type=int, default=None, help="parallel environments (default: n_envs of the YAML)")
+    p.add_argument("--vec", choices=("dummy", "subproc"), default="dummy", help="VecEnv type (default dummy)")
+    p.add_argument("--logdir", default="runs", help="folder of runs (default runs/)")
+    p.add_argument("--run-name", default=None, help="run folder name (default <env>_<algo>_seed<seed>[_i])")
+    p.add_argument("--hyperparams", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="override hyperparameters, values parsed as YAML, e.g. learning_rate=1e-3 n_steps=64")
+    p.add_argument("--conf-file", default=None, help="hyperparameter YAML (default agents/hyperparams/<algo>.yml)")
+    p.add_argument("--env-kwargs", nargs="*", default=None, metavar="KEY=VALUE",
+                   help="keyword arguments of gym.make, values parsed as YAML")
+    p.add_argument("--eval-freq", type=int, default=None, help="evaluate every this many steps (default steps/10)")
+    p.add_argument("--eval-episodes", type=int, default=5, help="seeded evaluation episodes (default 5)")
+    p.add_argument("--eval-seed", type=int, default=None, help="first evaluation seed (default 1000003)")
+    p.add_argument("--checkpoint-freq", type=int, default=None, help="checkpoint every this many steps (default eval-freq)")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this env/algo/seed from its last checkpoint")
+    p.add_argument("--baselines", nargs="*", default=None, help="baselines in the final table (default: all)")
+    p.add_argument("--max-violation-rate", type=float, default=0.01,
+                   help="best model: lowest regret among evaluations at most this violation rate (default 0.01)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quick", action="store_true",
+                   help="the demo: PPO on Decode-v0 for a few minutes on 2 cores, then the comparison table")
+    p.add_argument("-v", "--verbose", type=int, default=0)
+    return p
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} evaluate", description="Re-evaluate a saved agent against the baselines on seeded episodes.")
+    p.add_argument("--model", required=True, help="saved model (.zip), or a run folder")
+    p.add_argument("--episodes", type=int, default=None, help="episodes (default: the run's evaluation seeds)")
+    p.add_argument("--eval-seed", type=int, default=None, help="first evaluation seed")
+    p.add_argument("--baselines", nargs="*", default=None, help="baselines (default: all)")
+    p.add_argument("--out", default=None, help="output folder (default: evaluate_<model> beside the model)")
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .training import QUICK, train
+
+    env_id = args.env or "siftmoe_gym/Decode-v0"
+    algo = args.algo or "ppo"
+    steps, n_envs, eval_freq, eval_episodes = args.steps, args.n_envs, args.eval_freq, args.eval_episodes
+    if args.quick:
+        env_id = args.env or QUICK["env_id"]
+        algo = args.algo or QUICK["algo"]
+        steps = steps or QUICK["steps"]
+        n_envs = n_envs or QUICK["n_envs"]
+        eval_freq = eval_freq or QUICK["eval_freq"]
+        eval_episodes = QUICK["eval_episodes"] if eval_episodes == 5 else eval_episodes
+    # validate cheap things before building environments
+    from .algos import canonical_algo
+
+    canonical_algo(algo)
+    kwargs = dict(
+        env_id=env_id, algo=algo, steps=steps, seed=args.seed, n_envs=n_envs, logdir=args.logdir,
+        hyperparams=args.hyperparams, conf_file=args.conf_file, env_kwargs=_key_values(args.env_kwargs),
+        eval_freq=eval_freq, eval_episodes=eval_episodes, checkpoint_freq=args.checkpoint_freq, resume=args.resume,
+        run_name=args.run_name, vec=args.vec, progress_bar=not args.no_progress, baselines=args.baselines,
+        max_violation_rate=args.max_violation_rate, threads=args.threads, verbose=args.verbose,
+    )
+    if args.eval_seed is not None:
+        kwargs["eval_seed_base"] = args.eval_seed
+    result = train(**kwargs)
+    print(f"run folder: {result.run_dir}  (tensorboard --logdir {result.run_dir / 'tb'})")
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .training import evaluate_saved
+
+    evaluate_saved(args.model, episodes=args.episodes, eval_seed_base=args.eval_seed, baselines=args.baselines,
+                   out_dir=args.out, threads=args.threads)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "evaluate":
+            return _run_evaluate(evaluate_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "train":
+            argv = argv[1:]
+        return _run_train(train_parser().parse_args(argv))
+    except (_UsageExit, AgentConfigError) as exc:
+        msg = " ".join(str(exc).split())
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (resume with --resume)", file=sys.stderr)
+        return 130

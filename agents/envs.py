@@ -1,0 +1,81 @@
+"""Environment construction for training and evaluation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+
+from .algos import AgentConfigError, get_algo
+from .masking import NodeActionMasker
+
+
+def ensure_registered(env_id: str) -> None:
+    """Import ``siftmoe_gym`` (which registers its ids) and check that ``env_id`` exists."""
+    import siftmoe_gym  # noqa: F401  (registration side effect)
+
+    try:
+        gym.spec(env_id)
+    except gym.error.Error:
+        ids = sorted(k for k in gym.registry if k.startswith("siftmoe_gym/"))
+        raise AgentConfigError(f"unknown environment id {env_id!r}; registered: {', '.join(ids) or 'none'}") from None
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    ensure_registered(env_id)
+    return gym.make(env_id, **(env_kwargs or {}))
+
+
+class _EnvFactory:
+    """Picklable env constructor (works with subprocess start methods that pickle)."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any] | None, wrapper: Callable | None, masked: bool):
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.wrapper = wrapper
+        self.masked = masked
+
+    def __call__(self) -> gym.Env:
+        from stable_baselines3.common.monitor import Monitor
+
+        env = make_env(self.env_id, self.env_kwargs)
+        env = Monitor(env)
+        if self.wrapper is not None:
+            env = self.wrapper(env)
+        if self.masked and not _has_masker(env):
+            env = NodeActionMasker(env)
+        return env
+
+
+def _has_masker(env: gym.Env) -> bool:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, NodeActionMasker) or hasattr(type(env), "action_masks"):
+            return True
+        env = env.env
+    return hasattr(type(env), "action_masks")
+
+
+def make_vec_env(
+    env_id: str,
+    algo: str,
+    n_envs: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+    vec: str = "dummy",
+    wrapper: Callable | None = None,
+):
+    """``n_envs`` copies of ``env_id`` in a DummyVecEnv or SubprocVecEnv, seeded ``seed + i``."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    if n_envs < 1:
+        raise AgentConfigError(f"n_envs must be at least 1, got {n_envs}")
+    factory = _EnvFactory(env_id, env_kwargs, wrapper, get_algo(algo).masked)
+    fns = [factory for _ in range(n_envs)]
+    if vec == "dummy":
+        venv = DummyVecEnv(fns)
+    elif vec == "subproc":
+        venv = SubprocVecEnv(fns)
+    else:
+        raise AgentConfigError(f"unknown --vec {vec!r}; use dummy or subproc")
+    venv.seed(int(seed))
+    return venv
