@@ -13,6 +13,16 @@ episode, the arrays the step needs (router rows, the dissimilarity rows of
 the top-k slots, top-k's node set, the error bound of every enumerated
 assignment, the static part of the observation).  ``step`` then only
 gathers rows, serves the action and updates the setting's state.
+
+Episodes are drawn and built by batched code shared with the native vector
+environment (:mod:`siftmoe_gym.envs.episodes`): every value is computed row
+by row, so a batch of copies gives each copy the single environment's
+numbers bit for bit.  A single environment draws its next few episodes in
+one batch (:class:`~siftmoe_gym.envs.episodes.EpisodeCache`, invisible:
+``np_random`` is left exactly where one-at-a-time drawing would leave it).
+Decode serves node-set actions from per-episode tables sorted by energy
+(the same choice as :func:`pick_row`, usually without scanning all
+assignments).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from ..energy import LN2, dbm_to_watt
 from ..instances import DecodeInstance
 from ..serving import ABS_TOL, REL_TOL, TABLE_LIMIT, solve_decode
 from ..system import WideSystem
+from .episodes import EpisodeCache
 
 SETTINGS = ("decode", "prefill", "fastfading")
 ACTION_MODES = ("nodes", "experts", "slots", "discrete")
@@ -101,6 +112,20 @@ class ServingTable:
         for s in range(dk.shape[1]):
             err += gates[:, s : s + 1] * dk[:, s][:, self.servers[:, s]]
         return err
+
+
+def err_table(gdk: np.ndarray) -> np.ndarray:
+    """Error bound of every enumerated assignment, (..., (N+1)^k), from gate-weighted slot rows ``gdk`` (..., k, N+1).
+
+    The same numbers as :meth:`ServingTable.err_rows` (the slots' terms are
+    added in slot order), by broadcasting instead of gathering.
+    """
+    k, n1 = gdk.shape[-2], gdk.shape[-1]
+    lead = gdk.shape[:-2]
+    err = gdk[..., 0, :]
+    for s in range(1, k):
+        err = err[..., None] + gdk[..., s, :].reshape(lead + (1,) * s + (n1,))
+    return err.reshape(lead + (n1**k,))
 
 
 def pick_row(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: float) -> tuple[int, bool]:
@@ -236,6 +261,7 @@ class SiftMoEEnv(gym.Env):
         self.system = WideSystem(sys_cfg, trace=trace)
         self._setup_static()
         self._build_spaces()
+        self._ep_cache = EpisodeCache()
         self._s = 0
         self._episode_ready = False
         self._last: dict[str, Any] | None = None
@@ -282,6 +308,7 @@ class SiftMoEEnv(gym.Env):
         if new_env.get("solo_error_features") != self.env_config.get("solo_error_features"):
             raise ValueError("reset options cannot change solo_error_features: it fixes the observation space")
         self.env_config = new_env
+        self._ep_cache.clear()
         if system is not self.system:
             self.system = system
             self._setup_static()
@@ -313,6 +340,23 @@ class SiftMoEEnv(gym.Env):
         self._fast_nodes = (
             {subsets[i].astype(np.int8).tobytes(): i for i in range(len(subsets))} if self.n_nodes <= 12 else {}
         )
+        # solo_best[l, m, i]: least dissimilarity (or skip cost) of expert i to an expert on node 0 or node m
+        dext = sysm.delta_ext  # (L, N, N+1)
+        self._solo_best = np.stack(
+            [np.where(avail[:, m][:, None, :], dext, np.inf).min(axis=2) for m in range(m1)], axis=1
+        )  # (L, M+1, N)
+        self._solo_best_rows = np.ascontiguousarray(self._solo_best.transpose(0, 2, 1)).reshape(-1, m1)  # (L*N, M+1)
+        self._layer_eye = np.eye(self.n_layers, dtype=np.float32)
+        self._arange_k = np.arange(self.top_k)
+        self._arange_m1 = np.arange(m1)
+        self._thr = self.budgets * (1.0 + REL_TOL) + ABS_TOL  # err <= thr: within budget (same rule as pick_row)
+        tab = self.table
+        self._set_tables = None
+        if tab.enabled and m1 <= 12:
+            # every combo's node set as an id; energies are summed once per node set
+            ids = (tab.nodes.astype(np.int64) << np.arange(m1)).sum(axis=2)  # (L, C)
+            sets = ((np.arange(1 << m1)[:, None] >> np.arange(m1)[None, :]) & 1).astype(bool)  # (2^(M+1), M+1)
+            self._set_tables = (ids, sets, self.compute_cost * tab.count)
 
     def _setting_tau(self) -> float:
         return float(self.system.config.tau_s)
@@ -374,29 +418,55 @@ class SiftMoEEnv(gym.Env):
 
     # ------------------------------------------------------- episode arrays
     def _static_features(self, probs, topk, layers, norms, dk, gates, gain_db_margin, node_cost, node_feas, e_ref, progress):
-        """Static observation rows (S, obs_dim) float32; dynamic parts are filled per step."""
+        """Static observation rows (..., obs_dim) float32 over any leading shape; dynamic parts are filled per step.
+
+        Every row is computed on its own (the native vector environment calls
+        this with leading shape (copies, steps) and gets the single
+        environment's rows bit for bit).  ``dk`` is unused (kept for callers).
+        """
         sl = self.obs_slices
-        s_count = probs.shape[0]
-        obs = np.zeros((s_count, self.obs_dim), dtype=np.float32)
-        obs[:, sl["router_probs"]] = probs
-        mask = np.zeros((s_count, self.n_experts), dtype=np.float32)
-        np.put_along_axis(mask, topk, 1.0, axis=1)
-        obs[:, sl["topk_mask"]] = mask
-        obs[:, sl["link_margin"]] = np.clip(gain_db_margin / MARGIN_SCALE_DB, -1.0, 1.0)
+        lead = probs.shape[:-1]
+        obs = np.zeros(lead + (self.obs_dim,), dtype=np.float32)
+        obs[..., sl["router_probs"]] = probs
+        mask = np.zeros(lead + (self.n_experts,), dtype=np.float32)
+        np.put_along_axis(mask, topk, 1.0, axis=-1)
+        obs[..., sl["topk_mask"]] = mask
+        obs[..., sl["link_margin"]] = np.clip(gain_db_margin / MARGIN_SCALE_DB, -1.0, 1.0)
         if node_cost is not None:
-            obs[:, sl["node_cost"]] = np.clip(node_cost[:, 1:] / e_ref[:, None], 0.0, COST_CLIP)
-            obs[:, sl["node_feasible"]] = node_feas[:, 1:]
-        obs[np.arange(s_count), sl["layer"].start + layers] = 1.0
-        obs[:, sl["norm"]] = np.clip(norms / self.system.profile.norm_scale[layers], 0.0, NORM_CLIP)[:, None]
+            obs[..., sl["node_cost"]] = np.clip(node_cost[..., 1:] / e_ref[..., None], 0.0, COST_CLIP)
+            obs[..., sl["node_feasible"]] = node_feas[..., 1:]
+        obs[..., sl["layer"]] = self._layer_eye[layers]
+        obs[..., sl["norm"]] = np.clip(norms / self.system.profile.norm_scale[layers], 0.0, NORM_CLIP)[..., None]
         if "solo_error" in sl:
-            solo = np.empty((s_count, self.n_nodes + 1))
-            for m in range(self.n_nodes + 1):
-                av = self._solo_avail[layers, m]  # (S, N+1)
-                best = np.where(av[:, None, :], dk, np.inf).min(axis=2)  # (S, k)
-                solo[:, m] = np.sum(gates * best, axis=1)
-            obs[:, sl["solo_error"]] = np.clip(solo / self._eps_div[layers][:, None], 0.0, SOLO_CLIP)
-        obs[:, sl["progress"]] = progress[:, None]
+            lay = np.broadcast_to(layers, lead)
+            if self.top_k <= 2:  # the same sum, slot by slot (one addition: no rounding-order question)
+                flat = self._solo_best_rows  # (L*N, M+1)
+                rows = lay * self.n_experts
+                solo = gates[..., 0, None] * flat[rows + topk[..., 0]]
+                if self.top_k == 2:
+                    solo = solo + gates[..., 1, None] * flat[rows + topk[..., 1]]
+            else:
+                best = self._solo_best[lay[..., None, None], self._arange_m1[:, None], topk[..., None, :]]  # (..., M+1, k)
+                solo = np.sum(gates[..., None, :] * best, axis=-1)
+            obs[..., sl["solo_error"]] = np.clip(solo / self._eps_div[layers][..., None], 0.0, SOLO_CLIP)
+        obs[..., sl["progress"]] = progress[..., None]
         return obs
+
+    def _combo_energies(self, cost: np.ndarray, layer: int | None = None) -> np.ndarray:
+        """Energy of every enumerated assignment at every layer: (..., L, C) for node costs (..., M+1)
+        (or (..., C) at one ``layer``).
+
+        ``sum of used-node costs + e_c * count``, the formula the served
+        energy is reported with, summed once per node set.
+        """
+        tab = self.table
+        if self._set_tables is not None:
+            ids, sets, ec_count = self._set_tables
+            e_set = np.where(sets, cost[..., None, :], 0.0).sum(axis=-1)  # (..., 2^(M+1))
+            return e_set[..., ids if layer is None else ids[layer]] + ec_count
+        if layer is not None:
+            return np.where(tab.nodes[layer], cost[..., None, :], 0.0).sum(axis=-1) + self.compute_cost * tab.count
+        return np.where(tab.nodes, cost[..., None, None, :], 0.0).sum(axis=-1) + self.compute_cost * tab.count
 
     def _margin_db(self, gains: np.ndarray) -> np.ndarray:
         return 10.0 * np.log10(np.maximum(gains, 1e-300) / self._g_th)
@@ -553,6 +623,55 @@ class SiftMoEEnv(gym.Env):
         st = np.sort(topk, axis=1)
         self._topk_count = 1 + np.sum(st[:, 1:] != st[:, :-1], axis=1)
         self._err_tab = self.table.err_rows(self._dk, gates) if self.table.enabled else None
+
+    # ------------------------------------------------------- last step, metrics
+    @property
+    def _last(self) -> dict[str, Any] | None:
+        """What the last step did (for rendering); built lazily when the step stored a compact tuple."""
+        v = self._last_v
+        if type(v) is tuple:
+            v = self._last_from_tuple(v)
+            self._last_v = v
+        return v
+
+    @_last.setter
+    def _last(self, value) -> None:
+        self._last_v = value
+
+    def _last_from_tuple(self, t: tuple) -> dict[str, Any]:
+        s, idx, energy, err, lat, layer, eps, e_topk, reward = t
+        tab = self.table
+        used = tab.nodes[layer, idx].copy()
+        cost, feas, viol = self._step_costs_at(s)
+        return {"assignment": tab.assign[idx].copy(), "computed": tab.computed[idx].copy(), "energy": energy,
+                "err": err, "lat": lat, "used": used, "feasible": bool(feas[used].all()), "s": s, "layer": layer,
+                "budget": eps, "topk_energy": e_topk, "reward": reward}
+
+    def _step_costs_at(self, s: int):
+        return self._cost, self._feas, self._viol
+
+    EPISODE_METRICS = ("energy_per_token_j", "topk_energy_per_token_j", "saving_pct", "violation_rate",
+                       "latency_violation_rate")
+    """Keys added to the last step's ``info`` (flat, and together under ``info["episode_metrics"]``)."""
+
+    def _episode_reference(self) -> tuple[int, float]:
+        """(tokens of the episode, top-k's energy over the episode)."""
+        return self.env_config["episode_tokens"], self._ep_sums[1]
+
+    def _add_episode_metrics(self, info: dict[str, Any]) -> None:
+        """Episode-end metrics: energy per token (J), top-k's, saving against top-k (%), violation rates."""
+        e, _, nv, nl = self._ep_sums
+        tokens, et = self._episode_reference()
+        steps = self._n_steps
+        m = {
+            "energy_per_token_j": e / tokens,
+            "topk_energy_per_token_j": et / tokens,
+            "saving_pct": 100.0 * (1.0 - e / et) if et > 0 else 0.0,
+            "violation_rate": nv / steps,
+            "latency_violation_rate": nl / steps,
+        }
+        info.update(m)
+        info["episode_metrics"] = dict(m)
 
     # ----------------------------------------------------------------- reward
     def _reward(self, energy: float, denom_energy: float, err: float, thr: float, eps: float, lat: float) -> tuple[float, float, float]:

@@ -6,22 +6,21 @@ from typing import Any
 
 import numpy as np
 
-from .base import SiftMoEEnv
+from ..serving import ABS_TOL, REL_TOL
+from .base import SiftMoEEnv, err_table, pick_row
+from .episodes import draw_decode_episodes, episode_row
 
 
 def draw_decode_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
     """Everything random in one Decode episode, drawn in a fixed order from ``rng``.
 
     Order: distances, fading (once: slow fading), tokens.  Shared with the
-    native vector environment so that copy ``i`` seeded with ``seed + i``
-    replays the single environment seeded with ``seed + i``.
+    native vector environment (:func:`siftmoe_gym.envs.episodes.draw_decode_episodes`
+    draws many copies, each from its own generator, with the same numbers) so
+    that copy ``i`` seeded with ``seed + i`` replays the single environment
+    seeded with ``seed + i``.
     """
-    distances = system.draw_distances(rng)
-    fading = system.fading_process().reset(rng)
-    tokens = system.sample_tokens(rng, num_tokens)
-    gains = system.gains(distances, fading)
-    cost, feas, viol = system.node_costs(gains)
-    return {"distances": distances, "gains": gains, "tokens": tokens, "cost": cost, "feas": feas, "viol": viol}
+    return episode_row(draw_decode_episodes(system, [rng], num_tokens), 0)
 
 
 def flatten_tokens(tokens, num_layers: int):
@@ -136,6 +135,13 @@ class DecodeEnv(SiftMoEEnv):
     The episode terminates after ``episode_tokens * L`` steps (the request
     has been generated).  There is no truncation.
 
+    The last step's ``info`` adds the episode's metrics, flat and under
+    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
+    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
+    steps with ``err > eps_l``) and ``latency_violation_rate``.
+
     ## Arguments
 
     ``gym.make("siftmoe_gym/Decode-v0", config=None, trace=None,
@@ -173,27 +179,123 @@ class DecodeEnv(SiftMoEEnv):
         return min(self._s, self._n_steps - 1) // self.n_layers
 
     def _new_episode(self, rng: np.random.Generator) -> None:
-        ep = draw_decode_episode(self.system, rng, self.env_config["episode_tokens"])
-        self._load_episode(ep)
+        t = self.env_config["episode_tokens"]
+        batch, j = self._ep_cache.next(
+            rng, lambda rngs, states: self._prepare_batch(draw_decode_episodes(self.system, rngs, t, states))
+        )
+        self._load_row(batch, j)
 
     def _load_episode(self, ep: dict[str, Any]) -> None:
-        self._ep = ep
-        probs, topk, gates, norms, layers = flatten_tokens(ep["tokens"], self.n_layers)
-        self._n_steps = len(layers)
-        self._prepare_steps(probs, topk, gates, norms, layers)
+        """Load one episode dict (as :func:`draw_decode_episode` returns)."""
+        tk = ep["tokens"]
+        batch = {key: np.asarray(val)[None] for key, val in ep.items() if key != "tokens"}
+        batch["tokens"] = type(tk)(tk.probs[None], tk.topk[None], tk.gates[None], tk.norms[None])
+        self._load_row(self._prepare_batch(batch), 0)
+
+    def episode_tables(self, ep: dict[str, Any], obs: bool = True) -> dict[str, Any]:
+        """Per-copy episode arrays for a batch of episodes (``draw_decode_episodes``): leading axis = copy.
+
+        Shared by the single environment (one copy) and the native vector
+        environment; every value is computed row by row, so copy ``i`` of a
+        batch equals the single environment's episode.
+        """
+        tk = ep["tokens"]
+        b, t, nl = tk.probs.shape[:3]
+        s = t * nl
+        probs = tk.probs.reshape(b, s, -1)
+        topk = tk.topk.reshape(b, s, -1)
+        gates = tk.gates.reshape(b, s, -1)
+        norms = tk.norms.reshape(b, s)
+        layers = np.tile(np.arange(nl), t)
         cost, feas, viol = ep["cost"], ep["feas"], ep["viol"]
-        self._cost, self._feas, self._viol = cost, feas, viol
-        self._topk_e = np.where(self._topk_used, cost[None, :], 0.0).sum(axis=1) + self.compute_cost * self._topk_count
+        no = self.system.node_of[layers[:, None], topk]  # (B, S, k)
+        used = np.zeros((b, s, self.n_nodes + 1), dtype=bool)
+        np.put_along_axis(used, no, True, axis=-1)
+        st = np.sort(topk, axis=-1)
+        count = 1 + np.sum(st[..., 1:] != st[..., :-1], axis=-1)
+        topk_e = np.where(used, cost[:, None, :], 0.0).sum(axis=-1) + self.compute_cost * count
+        margin = self._margin_db(ep["gains"])  # (B, M)
+        out = {"probs": probs, "topk": topk, "gates": gates, "norms": norms, "layers": layers,
+               "topk_used": used, "topk_count": count, "topk_e": topk_e, "margin": margin,
+               "cost": cost, "feas": feas, "viol": viol}
+        if obs:
+            out["obs_table"] = self._static_features(
+                probs, topk, layers, norms, None, gates, margin[:, None, :], cost[:, None, :], feas[:, None, :],
+                topk_e + self.floor, np.arange(s) / s,
+            )
         if self.table.enabled:
-            self._energy_lc = self.table.nodes_f @ cost + self.compute_cost * self.table.count  # (L, C)
-        s = self._n_steps
-        e_ref = self._topk_e + self.floor
-        margin = np.broadcast_to(self._margin_db(ep["gains"]), (s, self.n_nodes))
-        self._obs_table = self._static_features(
-            probs, topk, layers, norms, self._dk, gates, margin,
-            np.broadcast_to(cost, (s, self.n_nodes + 1)), np.broadcast_to(feas, (s, self.n_nodes + 1)),
-            e_ref, np.arange(s) / s,
-        )
+            out["energy_lc"] = self._combo_energies(cost)  # (B, L, C)
+        return out
+
+    def _prepare_batch(self, epb: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`episode_tables` plus what the single environment's step reads, for a batch of episodes."""
+        tabs = self.episode_tables(epb)
+        tabs["ep"] = epb
+        b, s = tabs["topk"].shape[:2]
+        layers = tabs["layers"]
+        tabs["dk"] = dk = self.system.delta_ext[layers[:, None], tabs["topk"]]  # (B, S, k, N+1)
+        tab = self.table
+        if not tab.enabled:
+            return tabs
+        tabs["err_tab"] = err = err_table(tabs["gates"][..., None] * dk)  # (B, S, C)
+        energy_lc = tabs["energy_lc"]  # (B, L, C)
+        tabs["lat_lc"] = np.where(tab.nodes, tabs["viol"][:, None, None, :], 0.0).max(axis=-1)
+        if tab.allow is not None:
+            # fast serving of node-set actions: combos sorted by energy per layer; the first in-budget
+            # allowed combo wins unless others lie within the tie tolerance (positions p+1..tie_end[p])
+            order = np.argsort(energy_lc, axis=-1, kind="stable")
+            e_sorted = np.take_along_axis(energy_lc, order, axis=-1)
+            lim = e_sorted + np.abs(e_sorted) * REL_TOL + ABS_TOL
+            tabs["tie_end"] = (e_sorted[..., None, :] <= lim[..., :, None]).sum(axis=-1) - 1
+            tabs["order"] = order
+            tabs["allow_sorted"] = np.take_along_axis(tab.allow[None], order[:, :, None, :], axis=-1)  # (B, L, 2^M, C)
+            errok = err <= self._thr[layers][:, None]
+            tabs["errok_sorted"] = np.take_along_axis(errok, order[:, layers], axis=-1)
+        return tabs
+
+    def _load_row(self, tabs: dict[str, Any], j: int) -> None:
+        """Make episode ``j`` of a prepared batch the current episode."""
+        self._ep = episode_row(tabs["ep"], j)
+        self._probs, self._topk, self._gates = tabs["probs"][j], tabs["topk"][j], tabs["gates"][j]
+        self._norms, self._layers = tabs["norms"][j], tabs["layers"]
+        self._layer_list = self._layers.tolist()
+        self._n_steps = len(self._layers)
+        self._dk = tabs["dk"][j]
+        self._topk_used, self._topk_count, self._topk_e = tabs["topk_used"][j], tabs["topk_count"][j], tabs["topk_e"][j]
+        self._topk_e_list = self._topk_e.tolist()
+        self._obs_table = tabs["obs_table"][j]
+        self._cost, self._feas, self._viol = tabs["cost"][j], tabs["feas"][j], tabs["viol"][j]
+        self._ep_sums = [0.0, 0.0, 0, 0]  # energy, top-k energy, violations, latency violations
+        self._fast = None
+        if not self.table.enabled:
+            self._err_tab = None
+            return
+        self._err_tab = tabs["err_tab"][j]
+        self._energy_lc = tabs["energy_lc"][j]
+        self._lat_lc = tabs["lat_lc"][j]
+        if "order" in tabs:
+            self._fast = (tabs["order"][j], tabs["tie_end"][j], tabs["allow_sorted"][j], tabs["errok_sorted"][j],
+                          self.table.allow)
+
+    def _pick_nodes(self, s: int, layer: int, mask: int) -> int:
+        """Index of the combo serving node set ``mask`` at step ``s`` (exactly :func:`pick_row`'s choice)."""
+        order, tie_end, allow_sorted, errok_sorted, allow = self._fast
+        row = allow_sorted[layer, mask] & errok_sorted[s]
+        p = int(row.argmax())
+        if row[p]:
+            # p: the cheapest in-budget allowed combo; others within the tie tolerance sit at p+1..q
+            q = int(tie_end[layer, p])
+            if q == p:
+                return int(order[layer, p])
+            cand = order[layer, p : q + 1][row[p : q + 1]]
+            e = self._err_tab[s, cand]
+            return int(cand[e == e.min()].min())
+        ea = np.where(allow[layer, mask], self._err_tab[s], np.inf)
+        j = int(ea.argmin())
+        if np.count_nonzero(ea <= ea[j] * (1.0 + REL_TOL) + ABS_TOL) == 1:
+            return j
+        el = self._energy_lc[layer]
+        return pick_row(allow[layer, mask], self._err_tab[s], el, el, float(self.budgets[layer]))[0]
 
     def _combo_energy(self, s, layer, cost):
         return self._energy_lc[layer]
@@ -213,23 +315,51 @@ class DecodeEnv(SiftMoEEnv):
             raise RuntimeError("call reset() before step() (the episode has ended or not started)")
         kind, payload = self.decode_action(action)
         s = self._s
-        layer = int(self._layers[s])
+        layer = self._layer_list[s]
         eps = float(self.budgets[layer])
-        res = self._serve(kind, payload, s, layer, self._cost, self._feas, self._viol, eps, 1.0, 0.0)
-        e_topk = float(self._topk_e[s])
-        r_e, r_a, r_l = self._reward(res["energy"], e_topk, res["err"], eps, float(self._eps_div[layer]), res["lat"])
+        if kind == "nodes" and self._fast is not None:
+            tab = self.table
+            idx = self._pick_nodes(s, layer, payload)
+            energy = float(self._energy_lc[layer, idx])
+            if self.top_k <= 2:
+                err = float(self._err_tab[s, idx])
+            else:
+                err = float((self._gates[s] * self._dk[s][self._arange_k, tab.servers[idx]]).sum())
+            lat = float(self._lat_lc[layer, idx])
+            used = tab.nodes[layer, idx].copy()
+            assignment, computed = tab.assign[idx].copy(), tab.computed[idx].copy()
+            res = None
+        else:
+            res = self._serve(kind, payload, s, layer, self._cost, self._feas, self._viol, eps, 1.0, 0.0)
+            energy, err, lat = res["energy"], res["err"], res["lat"]
+            assignment, computed, used = res["assignment"], res["computed"], res["used"]
+        e_topk = self._topk_e_list[s]
+        floor = self.floor
+        r_e = -(energy + floor) / (e_topk + floor)
+        r_a = -self.env_config["penalty"] * max(0.0, err - eps) / float(self._eps_div[layer]) if err > eps else 0.0
+        r_l = -self.env_config["penalty_latency"] * lat / self._tau if lat > 0.0 else 0.0
         reward = r_e + r_a + r_l
+        violation = err > eps * (1.0 + 1e-12) + 1e-15
         info = {
-            "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps,
-            "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": res["lat"],
-            "assignment": res["assignment"], "computed": res["computed"], "nodes_used": res["used"],
+            "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": eps,
+            "violation": violation, "latency_violation": lat,
+            "assignment": assignment, "computed": computed, "nodes_used": used,
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": s // self.n_layers,
         }
-        self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
+        if res is None:
+            self._last = (s, idx, energy, err, lat, layer, eps, e_topk, reward)
+        else:
+            self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
+        sums = self._ep_sums
+        sums[0] += energy
+        sums[1] += e_topk
+        sums[2] += violation
+        sums[3] += lat > 0.0
         self._s = s + 1
         terminated = self._s >= self._n_steps
         if terminated:
             self._episode_ready = False
-        obs = self._format_obs(self._observation())
-        return obs, reward, terminated, False, info
+            self._add_episode_metrics(info)
+            return self._format_obs(self._obs_table[s].copy()), reward, True, False, info
+        return self._format_obs(self._obs_table[s + 1].copy()), reward, False, False, info

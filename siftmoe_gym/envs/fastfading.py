@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .base import SiftMoEEnv, _check_number
-from .decode import flatten_tokens
+from .decode import flatten_tokens  # noqa: F401  (re-exported)
+from .episodes import draw_fastfading_episodes, episode_row
 
 SERVING_RULES = ("drift", "energy")
 
@@ -16,18 +17,10 @@ def draw_fastfading_episode(system, rng: np.random.Generator, num_tokens: int) -
     """Everything random in one FastFading episode, drawn in a fixed order from ``rng``.
 
     Order: distances, fading at token 0, then one Gauss-Markov step
-    (``rho = config.rho``) per further token, then the tokens.
+    (``rho = config.rho``) per further token, then the tokens (the batched
+    :func:`siftmoe_gym.envs.episodes.draw_fastfading_episodes` draws the same).
     """
-    distances = system.draw_distances(rng)
-    proc = system.fading_process()
-    fading = np.empty((num_tokens, system.num_nodes))
-    fading[0] = proc.reset(rng)
-    for t in range(1, num_tokens):
-        fading[t] = proc.step(rng)
-    tokens = system.sample_tokens(rng, num_tokens)
-    gains = system.gains(distances[None, :], fading)
-    cost, feas, viol = system.node_costs(gains)  # (T, M+1)
-    return {"distances": distances, "gains": gains, "tokens": tokens, "cost": cost, "feas": feas, "viol": viol}
+    return episode_row(draw_fastfading_episodes(system, [rng], num_tokens), 0)
 
 
 class FastFadingEnv(SiftMoEEnv):
@@ -99,6 +92,13 @@ class FastFadingEnv(SiftMoEEnv):
 
     Terminates after ``episode_tokens * L`` steps.  No truncation.
 
+    The last step's ``info`` adds the episode's metrics, flat and under
+    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
+    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
+    steps with ``err > eps_l``) and ``latency_violation_rate``.
+
     ## Arguments
 
     As Decode-v0; environment keys additionally ``queue_clip`` (default 20)
@@ -134,27 +134,71 @@ class FastFadingEnv(SiftMoEEnv):
         return min(self._s, self._n_steps - 1) // self.n_layers
 
     def _new_episode(self, rng: np.random.Generator) -> None:
-        ep = draw_fastfading_episode(self.system, rng, self.env_config["episode_tokens"])
-        self._load_episode(ep)
+        t = self.env_config["episode_tokens"]
+        batch, j = self._ep_cache.next(rng, lambda rngs, states: draw_fastfading_episodes(self.system, rngs, t, states))
+        self._load_batch({**{key: val[j : j + 1] for key, val in batch.items() if key != "tokens"},
+                          "tokens": type(batch["tokens"])(*(getattr(batch["tokens"], f)[j : j + 1]
+                                                            for f in ("probs", "topk", "gates", "norms")))})
 
     def _load_episode(self, ep: dict[str, Any]) -> None:
-        self._ep = ep
-        probs, topk, gates, norms, layers = flatten_tokens(ep["tokens"], self.n_layers)
-        s = len(layers)
-        self._n_steps = s
-        self._prepare_steps(probs, topk, gates, norms, layers)
-        tok = np.arange(s) // self.n_layers
-        self._tok = tok
-        cost, feas, viol = ep["cost"], ep["feas"], ep["viol"]
-        self._cost, self._feas, self._viol = cost, feas, viol
-        self._topk_e = np.where(self._topk_used, cost[tok], 0.0).sum(axis=1) + self.compute_cost * self._topk_count
-        self._obs_table = self._static_features(
-            probs, topk, layers, norms, self._dk, gates, self._margin_db(ep["gains"])[tok],
-            cost[tok], feas[tok], self._topk_e + self.floor, np.arange(s) / s,
-        )
+        """Load one episode dict (as :func:`draw_fastfading_episode` returns)."""
+        tk = ep["tokens"]
+        batch = {key: np.asarray(val)[None] for key, val in ep.items() if key != "tokens"}
+        batch["tokens"] = type(tk)(tk.probs[None], tk.topk[None], tk.gates[None], tk.norms[None])
+        self._load_batch(batch)
+
+    def episode_tables(self, ep: dict[str, Any], obs: bool = True) -> dict[str, Any]:
+        """Per-copy episode arrays for a batch (``draw_fastfading_episodes``), leading axis = copy."""
+        tk = ep["tokens"]
+        b, t, nl = tk.probs.shape[:3]
+        s = t * nl
+        probs = tk.probs.reshape(b, s, -1)
+        topk = tk.topk.reshape(b, s, -1)
+        gates = tk.gates.reshape(b, s, -1)
+        norms = tk.norms.reshape(b, s)
+        layers = np.tile(np.arange(nl), t)
+        tok = np.arange(s) // nl
+        cost, feas, viol = ep["cost"], ep["feas"], ep["viol"]  # (B, T, M+1)
+        no = self.system.node_of[layers[:, None], topk]
+        used = np.zeros((b, s, self.n_nodes + 1), dtype=bool)
+        np.put_along_axis(used, no, True, axis=-1)
+        st = np.sort(topk, axis=-1)
+        count = 1 + np.sum(st[..., 1:] != st[..., :-1], axis=-1)
+        topk_e = np.where(used, cost[:, tok], 0.0).sum(axis=-1) + self.compute_cost * count
+        margin = self._margin_db(ep["gains"])  # (B, T, M)
+        out = {"probs": probs, "topk": topk, "gates": gates, "norms": norms, "layers": layers, "tok": tok,
+               "topk_used": used, "topk_count": count, "topk_e": topk_e, "margin": margin,
+               "cost": cost, "feas": feas, "viol": viol}
+        if obs:
+            out["obs_table"] = self._static_features(
+                probs, topk, layers, norms, None, gates, margin[:, tok], cost[:, tok], feas[:, tok],
+                topk_e + self.floor, np.arange(s) / s,
+            )
+        return out
+
+    def _load_batch(self, epb: dict[str, Any]) -> None:
+        tabs = self.episode_tables(epb)
+        self._ep = episode_row(epb, 0)
+        self._probs, self._topk, self._gates = tabs["probs"][0], tabs["topk"][0], tabs["gates"][0]
+        self._norms, self._layers, self._tok = tabs["norms"][0], tabs["layers"], tabs["tok"]
+        self._n_steps = len(self._layers)
+        self._dk = self.system.delta_ext[self._layers[:, None], self._topk]
+        self._topk_used, self._topk_count, self._topk_e = tabs["topk_used"][0], tabs["topk_count"][0], tabs["topk_e"][0]
+        self._obs_table = tabs["obs_table"][0]
+        self._cost, self._feas, self._viol = tabs["cost"][0], tabs["feas"][0], tabs["viol"][0]
+        self._err_tab = self.table.err_rows(self._dk, self._gates) if self.table.enabled else None
+        self._energy_tlc = self._combo_energies(self._cost) if self.table.enabled else None  # (T, L, C)
         self.queue = np.zeros(self.n_layers)
         self._ratio_sum = np.zeros(self.n_layers)
         self._cap_factor = float(self.system.config.eps_max_factor)
+        self._ep_sums = [0.0, 0.0, 0, 0]
+
+    def _combo_energy(self, s, layer, cost):
+        return self._energy_tlc[self._tok[s], layer]
+
+    def _step_costs_at(self, s: int):
+        t = self._tok[min(s, self._n_steps - 1)]
+        return self._cost[t], self._feas[t], self._viol[t]
 
     def _step_costs(self):
         t = self._tok[min(self._s, self._n_steps - 1)]
@@ -218,7 +262,13 @@ class FastFadingEnv(SiftMoEEnv):
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": t,
         }
+        sums = self._ep_sums
+        sums[0] += res["energy"]
+        sums[1] += e_topk
+        sums[2] += info["violation"]
+        sums[3] += res["lat"] > 0.0
         if terminated:
+            self._add_episode_metrics(info)
             tokens = self.env_config["episode_tokens"]
             mean_ratio = self._ratio_sum / tokens
             r_avg = -self.env_config["penalty"] * tokens * float(np.maximum(mean_ratio - 1.0, 0.0).sum())

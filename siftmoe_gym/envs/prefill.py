@@ -89,6 +89,13 @@ class PrefillEnv(SiftMoEEnv):
 
     Terminates after ``T * L`` steps (the block has passed every layer).
 
+    The last step's ``info`` adds the episode's metrics, flat and under
+    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
+    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
+    steps with ``err > eps_l``) and ``latency_violation_rate``.
+
     ## Arguments
 
     As Decode-v0 except ``episode_tokens`` (the episode is one block; set its
@@ -147,6 +154,13 @@ class PrefillEnv(SiftMoEEnv):
         self._obs_table[:, self.obs_slices["block_position"]] = (np.arange(s) % t_count / t_count)[:, None]
         self._start_layer()
         self._block_cache: dict[int, PrefillInstance] = {}
+        self._ep_sums = [0.0, 0.0, 0, 0]
+
+    def _episode_reference(self) -> tuple[int, float]:
+        return self._T, float(self._e_bar.sum()) * self._T
+
+    def _step_costs_at(self, s: int):
+        return self._step_costs()
 
     def _start_layer(self) -> None:
         self._loads = np.zeros(self.n_nodes + 1, dtype=np.int64)
@@ -219,8 +233,13 @@ class PrefillEnv(SiftMoEEnv):
         self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         self._s = s + 1
         terminated = self._s >= self._n_steps
+        sums = self._ep_sums
+        sums[0] += res["energy"]
+        sums[2] += info["violation"]
+        sums[3] += res["lat"] > 0.0
         if terminated:
             self._episode_ready = False
+            self._add_episode_metrics(info)
         elif self._s % self._T == 0:
             self._start_layer()
         return self._format_obs(self._observation()), reward, terminated, False, info

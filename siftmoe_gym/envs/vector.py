@@ -3,9 +3,11 @@
 ``gym.make_vec("siftmoe_gym/Decode-v0", num_envs=1024, vectorization_mode="vector_entry_point")``
 returns a :class:`DecodeVectorEnv`.  Copy ``i`` reset with ``seed`` uses the
 generator ``seeding.np_random(seed + i)`` (as Gymnasium's ``SyncVectorEnv``
-does), draws its episodes with the very code the single environment uses,
-and steps with the same arithmetic, so it reproduces the single environment
-step for step.  Autoreset follows Gymnasium 1.x's default ``NEXT_STEP``
+does) and draws its episodes from it with the very numbers the single
+environment draws; all copies' episodes are then built at once
+(:mod:`siftmoe_gym.envs.episodes`, ``episode_tables``) and stepped with the
+same arithmetic row by row, so copy ``i`` reproduces the single environment
+step for step, bit for bit.  Autoreset follows Gymnasium 1.x's default ``NEXT_STEP``
 mode: the call after a termination resets the copy and returns its first
 observation with reward 0.
 
@@ -18,6 +20,8 @@ other inside the same API.
 from __future__ import annotations
 
 import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -25,15 +29,14 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from .base import pick_rows
+from ..serving import ABS_TOL, REL_TOL
+from .base import err_table, pick_rows
 from .decode import DecodeEnv
+from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
 from .prefill import PrefillEnv
 
-_STACK = {
-    "decode": ("_obs_table", "_topk_e", "_err_tab", "_dk", "_gates", "_cost", "_feas", "_viol", "_energy_lc"),
-    "fastfading": ("_obs_table", "_topk_e", "_err_tab", "_dk", "_gates", "_cost", "_feas", "_viol"),
-}
+_STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 
 
 class SiftMoEVectorEnv(VectorEnv):
@@ -42,9 +45,15 @@ class SiftMoEVectorEnv(VectorEnv):
     env_class: type = DecodeEnv
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, config: Any = None, **kwargs: Any):
+    def __init__(self, num_envs: int = 1, config: Any = None, reset_threads: int | None = None, **kwargs: Any):
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"invalid num_envs={num_envs!r}: must be an integer >= 1")
+        if reset_threads is None:
+            reset_threads = min(2, os.cpu_count() or 1)
+        if isinstance(reset_threads, bool) or not isinstance(reset_threads, (int, np.integer)) or reset_threads < 1:
+            raise ValueError(f"invalid reset_threads={reset_threads!r}: must be an integer >= 1")
+        self.reset_threads = int(reset_threads)
+        self._pool = None
         if kwargs.get("render_mode") is not None:
             raise ValueError("the native vector environment does not render; use vectorization_mode='sync' for rendering")
         kwargs.pop("render_mode", None)
@@ -105,24 +114,65 @@ class SiftMoEVectorEnv(VectorEnv):
                 c._episode_ready = True
                 obs.append(c._observation())
             return self._format(np.stack(obs)), {}
-        per = {name: [] for name in _STACK[self.setting]}
-        for rng in self._rngs:
-            env._new_episode(rng)
-            for name in per:
-                per[name].append(getattr(env, name))
-        for name, vals in per.items():
-            setattr(self, name, np.stack(vals))
-        self._layers = env._layers
-        self._n_steps = env._n_steps
+        tabs = self._episode_tables_chunked()
+        self._topk_e, self._e_ref = tabs["topk_e"], tabs["topk_e"] + env.floor
+        self._topk, self._gates, self._probs, self._norms = tabs["topk"], tabs["gates"], tabs["probs"], tabs["norms"]
+        self._margin, self._obs_table = tabs["margin"], tabs["obs_table"]
+        self._cost, self._feas, self._viol = tabs["cost"], tabs["feas"], tabs["viol"]
+        e_lc = tabs.get("energy_lc")  # (B, L, C) -> (L, B, C): one layer's rows contiguous
+        self._energy_lc = None if e_lc is None else np.ascontiguousarray(e_lc.transpose(1, 0, 2))
+        self._layers = tabs["layers"]
+        self._n_steps = len(self._layers)
         self._tokens_per_ep = env.env_config["episode_tokens"]
+        n = self.num_envs
         if self.setting == "fastfading":
-            self._queue = np.zeros((self.num_envs, env.n_layers))
-            self._ratio_sum = np.zeros((self.num_envs, env.n_layers))
-        self._ar = np.arange(self.num_envs)
+            self._queue = np.zeros((n, env.n_layers))
+            self._ratio_sum = np.zeros((n, env.n_layers))
+        self._ar = np.arange(n)
+        self._sums = np.zeros((4, n))  # energy, top-k energy, violations, latency violations
+        if getattr(self, "_ones_n", None) is None or len(self._ones_n) != n:
+            self._ones_n = np.ones(n, dtype=bool)
+            self._ones_n.flags.writeable = False
         self._node_onehot = np.zeros((env.n_layers, env.n_experts, env.n_nodes + 1))
         for lay in range(env.n_layers):
             self._node_onehot[lay, np.arange(env.n_experts), env.system.node_of[lay]] = 1.0
         return self._format(self._observation()), {}
+
+    RESET_CHUNK = 64
+    """Copies whose episodes are built together (keeps the temporaries in cache)."""
+
+    def _episode_tables_chunked(self) -> dict[str, Any]:
+        env, n = self.env, self.num_envs
+        draw = _STACK[self.setting]
+        tokens = env.env_config["episode_tokens"]
+        out: dict[str, Any] = {}
+        bounds = [(c0, min(c0 + self.RESET_CHUNK, n)) for c0 in range(0, n, self.RESET_CHUNK)]
+
+        def build(b):
+            return env.episode_tables(draw(env.system, self._rngs[b[0]:b[1]], tokens))
+
+        def store(b, part):
+            for key, val in part.items():
+                if key in ("layers", "tok"):
+                    out[key] = val
+                    continue
+                if key not in out:
+                    out[key] = np.empty((n,) + val.shape[1:], dtype=val.dtype)
+                out[key][b[0]:b[1]] = val
+
+        # chunks are independent (own generators, disjoint rows): numpy and the generators release the GIL,
+        # so a second thread builds chunks alongside; results do not depend on the thread count
+        store(bounds[0], build(bounds[0]))
+        rest = bounds[1:]
+        if self.reset_threads > 1 and len(rest) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.reset_threads, thread_name_prefix="siftmoe-reset")
+            for b, part in zip(rest, self._pool.map(build, rest)):
+                store(b, part)
+        else:
+            for b in rest:
+                store(b, build(b))
+        return out
 
     def _format(self, flat: np.ndarray):
         if self.env.obs_mode == "flat":
@@ -131,7 +181,7 @@ class SiftMoEVectorEnv(VectorEnv):
 
     def _observation(self) -> np.ndarray:
         s = min(self._s, self._n_steps - 1)
-        obs = self._obs_table[:, s].copy()
+        obs = self._obs_table[:, s].copy()  # built at reset by the single environment's code, row by row
         if self.setting == "fastfading":
             q = np.minimum(self._queue / self.env.env_config["queue_clip"], 1.0)
             obs[:, self.env.obs_slices["layer_queue"]] = q[:, self._layers[s], None]
@@ -170,6 +220,26 @@ class SiftMoEVectorEnv(VectorEnv):
         return "experts", bits
 
     # ------------------------------------------------------------------ step
+    def _pick_energy(self, allow, err, energy, thr):
+        """Batched :func:`pick_rows` for ``obj = energy`` (decode): the same choices, fewer passes over (B, C)."""
+        ok = allow & (err <= thr)
+        o = np.where(ok, energy, np.inf)
+        idx = o.argmin(axis=1)
+        ar = self._ar
+        best = o[ar, idx]
+        good = best < np.inf
+        lim = best + np.abs(best) * REL_TOL + ABS_TOL
+        tie = o <= lim[:, None]
+        multi = np.flatnonzero(good & (np.count_nonzero(tie, axis=1) > 1))
+        if len(multi):
+            idx[multi] = np.argmin(np.where(tie[multi], err[multi], np.inf), axis=1)
+        bad = np.flatnonzero(~good)
+        if len(bad):
+            ea = np.where(allow[bad], err[bad], np.inf)
+            tie2 = ea <= ea.min(axis=1, keepdims=True) * (1.0 + REL_TOL) + ABS_TOL
+            idx[bad] = np.argmin(np.where(tie2, energy[bad], np.inf), axis=1)
+        return idx
+
     def step(self, actions):
         n = self.num_envs
         if self._autoreset:
@@ -202,32 +272,44 @@ class SiftMoEVectorEnv(VectorEnv):
                 wr = self._queue[:, layer] / eps_d
         else:
             cap = eps
-        dk = self._dk[:, s]  # (n, k, N+1)
+        dk = env.system.delta_ext[layer][self._topk[:, s]]  # (n, k, N+1)
+        gates = self._gates[:, s]
+        ar = self._ar
         if kind == "nodes":
-            err_c = self._err_tab[:, s]
-            energy_c = self._energy_lc[:, layer] if not ff else cost @ tab.nodes_f[layer].T + env.compute_cost * tab.count
+            err_c = err_table(gates[:, :, None] * dk)  # (n, C)
+            energy_c = self._energy_lc[layer] if not ff else env._combo_energies(cost, layer)
             if tab.allow is not None:
                 allow = tab.allow[layer][payload]
             else:
                 allow = (~env._subset_nodes[payload]).astype(np.float64) @ tab.nodes_f[layer].T == 0
-            obj = energy_c if not ff else we[:, None] * energy_c + wr[:, None] * err_c
-            idx, _ = pick_rows(allow, err_c, energy_c, obj, np.full(n, cap))
+            thr = cap * (1.0 + REL_TOL) + ABS_TOL
+            if not ff:
+                idx = self._pick_energy(allow, err_c, energy_c, thr)
+            else:
+                obj = we[:, None] * energy_c + wr[:, None] * err_c
+                idx, _ = pick_rows(allow, err_c, energy_c, obj, np.full(n, cap))
             servers = tab.servers[idx]
-        elif kind == "experts":
-            usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
-            servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
+            used = tab.nodes[layer][idx]
+            energy = energy_c[ar, idx]
+            if env.top_k <= 2:
+                err = err_c[ar, idx]
+            else:
+                err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+            assignment = tab.assign[idx]
         else:
-            servers = payload
-        if kind == "experts":
-            computed = payload
-        else:
-            computed = np.zeros((n, nn + 1), dtype=bool)
-            np.put_along_axis(computed, servers, True, axis=1)
-            computed = computed[:, :nn]
-        used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
-        energy = np.where(used, cost, 0.0).sum(axis=1) + env.compute_cost * computed.sum(axis=1)
-        gates = self._gates[:, s]
-        err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+            if kind == "experts":
+                usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
+                servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
+                computed = payload
+            else:
+                servers = payload
+                computed = np.zeros((n, nn + 1), dtype=bool)
+                np.put_along_axis(computed, servers, True, axis=1)
+                computed = computed[:, :nn]
+            used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+            energy = np.where(used, cost, 0.0).sum(axis=1) + env.compute_cost * computed.sum(axis=1)
+            err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+            assignment = np.where(servers >= nn, -1, servers)
         lat = np.where(used, viol, 0.0).max(axis=1)
         pen, pen_l = env.env_config["penalty"], env.env_config["penalty_latency"]
         r_e = -(energy + env.floor) / (e_topk + env.floor)
@@ -235,13 +317,18 @@ class SiftMoEVectorEnv(VectorEnv):
         r_a = np.where(err > thr, -pen * np.maximum(err - thr, 0.0) / eps_d, 0.0)
         r_l = np.where(lat > 0.0, -pen_l * lat / env._tau, 0.0)
         reward = r_e + r_a + r_l
-        assignment = np.where(servers >= nn, -1, servers)
+        violation = err > eps * (1.0 + 1e-12) + 1e-15
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
-            "violation": err > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": lat, "assignment": assignment,
+            "violation": violation, "latency_violation": lat, "assignment": assignment,
             "nodes_used": used, "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": np.full(n, layer), "token": np.full(n, s // env.n_layers),
         }
+        sums = self._sums
+        sums[0] += energy
+        sums[1] += e_topk
+        sums[2] += violation
+        sums[3] += lat > 0.0
         self._s = s + 1
         terminated = self._s >= self._n_steps
         if ff:
@@ -249,6 +336,7 @@ class SiftMoEVectorEnv(VectorEnv):
             self._queue[:, layer] = np.maximum(self._queue[:, layer] + ratio - 1.0, 0.0)
             self._ratio_sum[:, layer] += ratio
             info["cap"] = np.full(n, cap)
+            info["cap_violation"] = err > cap * (1.0 + 1e-12) + 1e-15
             info["queue"] = self._queue.copy()
             r_avg = np.zeros(n)
             if terminated:
@@ -258,11 +346,24 @@ class SiftMoEVectorEnv(VectorEnv):
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
             reward = reward + r_avg
+        if terminated:
+            self._episode_metrics(info)
+        ones = self._ones_n
         for key in list(info):
-            info["_" + key] = np.ones(n, dtype=bool)
+            info["_" + key] = ones
         self._autoreset = terminated
         obs = self._format(self._observation())
         return obs, reward, np.full(n, terminated), np.zeros(n, dtype=bool), info
+
+    def _episode_metrics(self, info) -> None:
+        """The single environment's episode-end metrics, per copy (see ``SiftMoEEnv.EPISODE_METRICS``)."""
+        e, et, nv, nl = self._sums
+        tokens, steps = self._tokens_per_ep, self._n_steps
+        with np.errstate(divide="ignore", invalid="ignore"):
+            saving = np.where(et > 0, 100.0 * (1.0 - e / np.where(et > 0, et, 1.0)), 0.0)
+        m = {"energy_per_token_j": e / tokens, "topk_energy_per_token_j": et / tokens, "saving_pct": saving,
+             "violation_rate": nv / steps, "latency_violation_rate": nl / steps}
+        info.update(m)
 
     def _step_loop(self, actions):
         n = self.num_envs
@@ -298,6 +399,9 @@ class SiftMoEVectorEnv(VectorEnv):
     # --------------------------------------------------------------- extras
     def close_extras(self, **kwargs):
         self._copies = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 class DecodeVectorEnv(SiftMoEVectorEnv):
