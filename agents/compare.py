@@ -659,11 +659,28 @@ def run_sweep_scenario(scn: dict, seeds: list[int], agents: list[LoadedAgent], b
             aenv.close()
             bar.update(1)
         _fill_relative(point_records)
+        _bound_note(point_records, label, notes)
         records += point_records
     if bound_out:
         notes.append("Lagrangian bound left out on episodes whose average budget is unattainable even at least "
                      "error (no finite bound): " + ", ".join(f"{k}: {v} of {len(seeds)}" for k, v in bound_out.items()))
     return records
+
+
+def _bound_note(point_records: list[dict[str, Any]], label: str, notes: list[str]) -> None:
+    """siftmoe against the Lagrangian bound on the same episodes (those with a finite bound)."""
+    import numpy as np
+
+    ok = {r["seed"] for r in point_records if r["policy"] == BOUND_NAME and math.isfinite(r.get("mean_norm_energy", math.nan))}
+    if not ok:
+        return
+    b = np.mean([r["mean_norm_energy"] for r in point_records if r["policy"] == BOUND_NAME and r["seed"] in ok])
+    sm = [r for r in point_records if r["policy"] == REFERENCE and r["seed"] in ok]
+    if sm:
+        notes.append(f"point {label}, on the {len(ok)} episodes with a finite bound: siftmoe energy "
+                     f"{np.mean([r['mean_norm_energy'] for r in sm]):.4f} (top-k units) vs bound {b:.4f}; "
+                     f"siftmoe mean error / budget {np.mean([r['mean_error_ratio'] for r in sm]):.3f}, average met on "
+                     f"{100 * np.mean([bool(r['average_met']) for r in sm]):.0f}% of them")
 
 
 def AgentPolicy_(model, env):
@@ -848,6 +865,8 @@ def plot_scenario(scn: dict, rows: list[dict[str, Any]], path: Path) -> None:
 
     metrics = scn.get("plots") or _DEFAULT_PLOTS
     sweep = scn.get("sweep") or {}
+    if not sweep:
+        return plot_bars(scn, rows, path)
     x_label = sweep.get("label", sweep.get("param", ""))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8), squeeze=False)
     policies = list(dict.fromkeys(r["policy"] for r in rows))
@@ -888,6 +907,35 @@ def plot_scenario(scn: dict, rows: list[dict[str, Any]], path: Path) -> None:
                bbox_to_anchor=(0.5, -0.02))
     fig.suptitle(scn.get("title", scn["name"]) + " (mean, 95% CI over episodes)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06 + 0.045 * ((len(labels) - 1) // 5), 1, 1))
+    _savefig_small(fig, path)
+    plt.close(fig)
+
+
+def plot_bars(scn: dict, rows: list[dict[str, Any]], path: Path) -> None:
+    """A single-point scenario: one bar per policy and metric, with the 95% CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = scn.get("bar_plots") or ["energy_per_token_mj", "violation_pct", "latency_violation_pct"]
+    rows = [r for r in rows if r["policy"] != BOUND_NAME]
+    names = [r["policy"] for r in rows]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.0), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        key, label, scale = BENCH_METRICS[m]
+        ys = np.array([scale * r.get(key, math.nan) for r in rows], dtype=float)
+        es = np.array([scale * r.get(f"{key}_ci95", math.nan) for r in rows], dtype=float)
+        colors = [_POLICY_STYLE.get(n, ("tab:red", None, None))[0] for n in names]
+        ax.bar(np.arange(len(rows)), ys, yerr=np.where(np.isfinite(es), es, 0.0), color=colors, capsize=3)
+        ax.set_xticks(np.arange(len(rows)))
+        ax.set_xticklabels(names, rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_xlabel("policy")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(scn.get("title", scn["name"]) + " (mean, 95% CI over episodes)", fontsize=10)
+    fig.tight_layout()
     _savefig_small(fig, path)
     plt.close(fig)
 
