@@ -217,3 +217,108 @@ def test_fastfading_queue_and_end_penalty():
         total_avg += info["reward_average"]
     assert info["mean_error_ratio"].min() > 1.0 and total_avg < 0
     assert u.queue.max() > 0
+
+
+# ----------------------------------------------------------------- paid activation and the latency term
+def test_unused_activated_node_is_paid():
+    """A node-set action pays every activated node, used by the served experts or not (docs/model.md section 8)."""
+    env = gym.make("siftmoe_gym/Decode-v0", config={"episode_tokens": 4, "distances_m": (60.0, 80.0, 100.0, 120.0)})
+    env.reset(seed=2)
+    u = env.unwrapped
+    ec = u.system.config.compute_energy_j
+    unused_seen = False
+    done = False
+    while not done:
+        inst = u.instance
+        best = solve_decode(inst)
+        _, _, done, _, info = env.step(np.ones(u.n_nodes, dtype=np.int8))
+        np.testing.assert_array_equal(info["activated_nodes"], np.ones(u.n_nodes + 1, bool))
+        assert info["energy_j"] == pytest.approx(inst.node_cost[1:].sum() + ec * info["computed"].sum(), rel=1e-12)
+        assert info["energy_j"] >= best.energy_j * (1 - 1e-12)
+        unused_seen |= not info["nodes_used"][1:].all()
+    assert unused_seen  # some activated node went unused and was still paid
+
+
+def test_node_sets_reach_exactly_the_p1_optimum():
+    """min over node sets (within budget, no latency violation) of the energy is solve_decode's, every step."""
+    a = 1 << 4
+    venv = gym.make_vec("siftmoe_gym/DecodeDiscrete-v0", num_envs=a, vectorization_mode="vector_entry_point",
+                        config={"episode_tokens": 3})
+    venv.reset(seed=[7] * a)
+    single = gym.make("siftmoe_gym/DecodeDiscrete-v0", config={"episode_tokens": 3}).unwrapped
+    single.reset(seed=7)
+    for _ in range(3 * single.system.num_layers):
+        sol = solve_decode(single.instance)
+        act = single.encode_action(sol.assignment)
+        _, r1, _, _, info1 = single.step(act)
+        _, r, _, _, info = venv.step(np.arange(a))
+        ok = ~info["violation"] & (info["latency_violation"] == 0)
+        if sol.within_budget:
+            assert info["energy_j"][ok].min() == pytest.approx(sol.energy_j, rel=1e-12)
+        assert info1["energy_j"] == pytest.approx(sol.energy_j, rel=1e-12, abs=1e-18)
+        assert r1 == r[act] and info1["latency_violation"] == 0.0
+    venv.close()
+
+
+@pytest.mark.parametrize("env_id", BASE_IDS)
+def test_infeasible_activated_node_violates_latency_even_unused(env_id):
+    """Activating an infeasible node costs its fallback energy and a latency violation even if no expert there serves."""
+    cfg = {"distances_m": (60.0, 80.0, 100.0, 3000.0), "eps_abs": 1e6}  # every slot may be skipped: nothing is used
+    if "Prefill" not in env_id:
+        cfg["episode_tokens"] = 2
+    env = gym.make(env_id, config=cfg)
+    env.reset(seed=0)
+    u = env.unwrapped
+    inst = u.instance
+    assert not inst.node_feasible[4] and inst.node_violation_s[4] > 0
+    _, r, _, _, info = env.step(np.array([0, 0, 0, 1], dtype=np.int8))
+    assert not info["nodes_used"].any() and info["activated_nodes"][4]
+    assert info["latency_violation"] == pytest.approx(inst.node_violation_s[4], rel=1e-12)
+    assert info["energy_j"] == pytest.approx(inst.node_cost[4], rel=1e-12)
+    tau = u._tau
+    assert info["reward_latency"] == pytest.approx(-50.0 * (1.0 + info["latency_violation"] / tau), rel=1e-12)
+    if u.setting == "prefill":
+        assert info["loads"][4] == 1  # the activated node received the token
+
+
+def test_latency_term_and_its_default():
+    assert gym.make("siftmoe_gym/Decode-v0").unwrapped.env_config["penalty_latency"] == 50.0
+    env = gym.make("siftmoe_gym/Decode-v0", action_mode="slots", penalty_latency=7.0,
+                   config={"episode_tokens": 4, "distances_m": (60.0, 80.0, 100.0, 3000.0)})
+    env.reset(seed=1)
+    u = env.unwrapped
+    seen = {True: False, False: False}
+    done = False
+    while not done:
+        inst = u.instance
+        _, r, done, _, info = env.step(u.encode_action(inst.topk))
+        lat = info["latency_violation"]
+        expect = -7.0 * (1.0 + lat / u._tau) if lat > 0 else 0.0
+        assert info["reward_latency"] == pytest.approx(expect, rel=1e-12)
+        assert r == pytest.approx(info["reward_energy"] + info["reward_accuracy"] + info["reward_latency"], rel=1e-12)
+        seen[lat > 0] = True
+    assert seen[True] and seen[False]
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0"])
+def test_accuracy_term_has_a_fixed_part(env_id):
+    """Over the budget: -penalty * (1 + excess / eps); within it (tolerance included): 0."""
+    config = {"prefill_tokens": 4} if "Prefill" in env_id else {"episode_tokens": 4}
+    env = gym.make(env_id, action_mode="slots", penalty=3.0, config=config)
+    env.reset(seed=2)
+    u = env.unwrapped
+    seen = {True: False, False: False}
+    done = False
+    while not done:
+        inst = u.instance
+        # skip the largest-gate slot, keep the rest: often over the budget, sometimes not
+        assign = inst.topk.copy()
+        assign[0] = -1
+        _, r, done, _, info = env.step(u.encode_action(assign))
+        err, eps = info["error_bound"], info["budget"]
+        over = err > eps * (1 + 1e-12) + 1e-15
+        expect = -3.0 * (1.0 + (err - eps) / eps) if over else 0.0
+        assert info["reward_accuracy"] == pytest.approx(expect, rel=1e-12)
+        assert bool(info["violation"]) == over
+        seen[over] = True
+    assert seen[True]

@@ -43,7 +43,8 @@ def test_native_matches_sync(env_id, action_mode):
         np.testing.assert_array_equal(r1[1], r2[1])
         np.testing.assert_array_equal(r1[2], r2[2])
         np.testing.assert_array_equal(r1[3], r2[3])
-        for key in ("energy_j", "error_bound", "assignment"):
+        for key in ("energy_j", "error_bound", "assignment", "nodes_used", "activated_nodes", "latency_violation",
+                    "reward_latency"):
             if key in r2[4]:
                 np.testing.assert_array_equal(r1[4][key], r2[4][key])
     native.close()

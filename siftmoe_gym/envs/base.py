@@ -214,7 +214,7 @@ class SiftMoEEnv(gym.Env):
         """
         return {
             "penalty": 10.0,
-            "penalty_latency": 10.0,
+            "penalty_latency": 50.0,
             "reward_floor_j": None,
             "solo_error_features": True,
         }
@@ -352,6 +352,24 @@ class SiftMoEEnv(gym.Env):
         self._thr = self.budgets * (1.0 + REL_TOL) + ABS_TOL  # err <= thr: within budget (same rule as pick_row)
         tab = self.table
         self._set_tables = None
+        self._ec_count = None
+        self._node_order = None
+        if tab.enabled:
+            # paid activation: given the activated set, only e_c * |C| varies, so node-set actions are served
+            # by the compute energy of each combo; combos sorted by it (stable), with the end of each tie run
+            ec = self.compute_cost * tab.count
+            self._ec_count = ec
+            order = np.argsort(ec, kind="stable")
+            e_sorted = ec[order]
+            lim = e_sorted + np.abs(e_sorted) * REL_TOL + ABS_TOL
+            tie_end = (e_sorted[None, :] <= lim[:, None]).sum(axis=1) - 1
+            allow_sorted = tab.allow[:, :, order] if tab.allow is not None else None  # (L, 2^M, C)
+            self._node_order = (order, tie_end, allow_sorted)
+            # count levels (exact lexicographic (count, error) choice in the vector env) when counts never tie
+            # (adjacent counts differ by e_c, more than pick_row's tie tolerance unless e_c is ~0)
+            levels = np.unique(tab.count)
+            distinct = self.compute_cost > float(ec.max()) * 2 * REL_TOL + 2 * ABS_TOL
+            self._count_levels = [np.flatnonzero(tab.count == c) for c in levels] if distinct else None
         if tab.enabled and m1 <= 12:
             # every combo's node set as an id; energies are summed once per node set
             ids = (tab.nodes.astype(np.int64) << np.arange(m1)).sum(axis=2)  # (L, C)
@@ -544,25 +562,31 @@ class SiftMoEEnv(gym.Env):
     # --------------------------------------------------------------- serving
     def _serve(self, kind: str, payload: Any, s: int, layer: int, cost: np.ndarray, feas: np.ndarray, viol: np.ndarray,
                cap: float, we: float, wr: float) -> dict[str, Any]:
-        """Serve an action; returns assignment, computed mask, energy, error, latency violation, nodes used."""
+        """Serve an action; returns assignment, computed mask, energy, error, latency violation, nodes used
+        and nodes activated (paid).
+
+        A node-set action activates (and pays for) every node in it: the energy is the activated nodes'
+        costs plus ``e_c`` per computed expert, the latency violation the largest over the activated nodes,
+        and the slots are served by the assignment over node 0 and the activated nodes minimizing
+        ``we * e_c |C| + wr * err`` within ``cap`` (``solve_decode`` with the activated nodes' costs set to 0).
+        """
         n = self.n_experts
         dk = self._dk[s]  # (k, N+1)
         gates = self._gates[s]
         node_of = self.system.node_of[layer]
         if kind == "nodes":
-            allowed_nodes = self._subset_nodes[payload]
+            active = self._subset_nodes[payload]
             tab = self.table
             if tab.enabled:
                 err_c = self._err_tab[s]
-                energy_c = self._combo_energy(s, layer, cost)
-                allow = tab.allowed_row(layer, payload, allowed_nodes)
-                obj = energy_c if (we == 1.0 and wr == 0.0) else we * energy_c + wr * err_c
-                idx, _ = pick_row(allow, err_c, energy_c, obj, cap)
-                return self._result_from_combo(idx, s, layer, cost, feas, viol)
-            else:
-                inst = self._make_instance(cost, feas, viol)
-                sol = solve_decode(inst, allowed_nodes, cap=cap, energy_weight=we, error_weight=wr)
-                servers = np.where(sol.assignment < 0, n, sol.assignment)
+                ec = self._ec_count
+                allow = tab.allowed_row(layer, payload, active)
+                obj = ec if (we == 1.0 and wr == 0.0) else we * ec + wr * err_c
+                idx, _ = pick_row(allow, err_c, ec, obj, cap)
+                return self._result_from_combo(idx, s, layer, cost, feas, viol, active)
+            inst = self._make_instance(np.where(active, 0.0, cost), feas, viol)
+            sol = solve_decode(inst, active, cap=cap, energy_weight=we, error_weight=wr)
+            servers = np.where(sol.assignment < 0, n, sol.assignment)
         elif kind == "experts":
             computed = payload
             usable = np.append(computed, True)
@@ -577,25 +601,24 @@ class SiftMoEEnv(gym.Env):
             computed = computed[:n]
         used = np.zeros(self.n_nodes + 1, dtype=bool)
         used[node_of[computed]] = True
-        energy = float(np.where(used, cost, 0.0).sum() + self.compute_cost * computed.sum())
+        active = active if kind == "nodes" else used
+        energy = float(np.where(active, cost, 0.0).sum() + self.compute_cost * computed.sum())
         err = float((gates * dk[self._arange_k, servers]).sum())
-        lat = float(np.where(used, viol, 0.0).max())
+        lat = float(np.where(active, viol, 0.0).max())
         assignment = np.where(servers >= n, -1, servers).astype(np.int64)
         return {"assignment": assignment, "computed": computed, "energy": energy, "err": err, "lat": lat,
-                "used": used, "feasible": bool(feas[used].all())}
+                "used": used, "active": active.copy(), "feasible": bool(feas[active].all())}
 
-    def _result_from_combo(self, idx: int, s: int, layer: int, cost, feas, viol) -> dict[str, Any]:
+    def _result_from_combo(self, idx: int, s: int, layer: int, cost, feas, viol, active) -> dict[str, Any]:
+        """Result of serving combo ``idx`` with the node set ``active`` (M+1,) activated and paid."""
         tab = self.table
         servers = tab.servers[idx]
         used = tab.nodes[layer, idx]
-        energy = float(np.where(used, cost, 0.0).sum() + self.compute_cost * tab.count[idx])
+        energy = float(np.where(active, cost, 0.0).sum() + self.compute_cost * tab.count[idx])
         err = float((self._gates[s] * self._dk[s][self._arange_k, servers]).sum())
-        lat = float(np.where(used, viol, 0.0).max())
+        lat = float(np.where(active, viol, 0.0).max())
         return {"assignment": tab.assign[idx].copy(), "computed": tab.computed[idx].copy(), "energy": energy,
-                "err": err, "lat": lat, "used": used.copy(), "feasible": bool(feas[used].all())}
-
-    def _combo_energy(self, s: int, layer: int, cost: np.ndarray) -> np.ndarray:
-        return self.table.nodes_f[layer] @ cost + self.compute_cost * self.table.count
+                "err": err, "lat": lat, "used": used.copy(), "active": active.copy(), "feasible": bool(feas[active].all())}
 
     def _topk_energy(self, s: int, cost: np.ndarray) -> float:
         return float(np.where(self._topk_used[s], cost, 0.0).sum() + self.compute_cost * self._topk_count[s])
@@ -639,13 +662,14 @@ class SiftMoEEnv(gym.Env):
         self._last_v = value
 
     def _last_from_tuple(self, t: tuple) -> dict[str, Any]:
-        s, idx, energy, err, lat, layer, eps, e_topk, reward = t
+        s, idx, mask, energy, err, lat, layer, eps, e_topk, reward = t
         tab = self.table
         used = tab.nodes[layer, idx].copy()
+        active = self._subset_nodes[mask].copy()
         cost, feas, viol = self._step_costs_at(s)
         return {"assignment": tab.assign[idx].copy(), "computed": tab.computed[idx].copy(), "energy": energy,
-                "err": err, "lat": lat, "used": used, "feasible": bool(feas[used].all()), "s": s, "layer": layer,
-                "budget": eps, "topk_energy": e_topk, "reward": reward}
+                "err": err, "lat": lat, "used": used, "active": active, "feasible": bool(feas[active].all()), "s": s,
+                "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
 
     def _step_costs_at(self, s: int):
         return self._cost, self._feas, self._viol
@@ -676,8 +700,9 @@ class SiftMoEEnv(gym.Env):
     # ----------------------------------------------------------------- reward
     def _reward(self, energy: float, denom_energy: float, err: float, thr: float, eps: float, lat: float) -> tuple[float, float, float]:
         r_e = -(energy + self.floor) / (denom_energy + self.floor)
-        r_a = -self.env_config["penalty"] * max(0.0, err - thr) / eps if err > thr else 0.0
-        r_l = -self.env_config["penalty_latency"] * lat / self._tau if lat > 0.0 else 0.0
+        over = err > thr * (1.0 + REL_TOL) + ABS_TOL
+        r_a = -self.env_config["penalty"] * (1.0 + (err - thr) / eps) if over else 0.0
+        r_l = -self.env_config["penalty_latency"] * (1.0 + lat / self._tau) if lat > 0.0 else 0.0
         return r_e, r_a, r_l
 
     # ------------------------------------------------------------------ gym API

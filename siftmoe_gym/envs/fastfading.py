@@ -44,12 +44,16 @@ class FastFadingEnv(SiftMoEEnv):
 
     As in Decode-v0 (``"nodes"`` default ``MultiBinary(M)``, ``"discrete"``
     ``Discrete(2**M)``, ``"experts"`` ``MultiBinary(N)``, ``"slots"``
-    ``MultiDiscrete([N+1]*k)``), except how a node set is served.  With
+    ``MultiDiscrete([N+1]*k)``), except how a node set is served.  As in
+    Decode-v0 activation is paid: every node of ``U`` costs ``c_m`` (this
+    token's channel) and its latency violation counts, used or not, so
+    ``E = sum_{m in U} c_m + e_c |C|``.  With
     ``serving_rule="drift"`` (default) a node set ``U`` is served by the
     drift-plus-penalty step restricted to ``U``: the assignment over experts on
     node 0 and ``U`` minimizing ``V * E / (E_topk + f) + Q_l * err / eps_l``
-    subject to ``err <= eps_max`` (``V = config.drift_v``), i.e.
-    ``solve_decode(instance, allowed, cap=cap_budget, **serving_weights)``;
+    subject to ``err <= eps_max`` (``V = config.drift_v``; only ``e_c |C|``
+    of ``E`` varies given ``U``), i.e.
+    ``solve_decode(instance with node_cost[U] = 0, allowed, cap=cap_budget, **serving_weights)``;
     with an empty queue this is the cheapest assignment within the cap, and as
     the queue grows the serving spends more energy to cut the error.  With
     ``serving_rule="energy"`` it is always the cheapest assignment within the
@@ -71,8 +75,9 @@ class FastFadingEnv(SiftMoEEnv):
 
     ## Rewards
 
-    Per step ``r = -(E + f) / (E_topk + f) - penalty * max(0, err - eps_max) / eps_l
-    - penalty_latency * latency_violation / tau`` (no per-step penalty between
+    Per step ``r = -(E + f) / (E_topk + f) - [err > eps_max] * penalty * (1 + (err - eps_max) / eps_l)
+    - [latency_violation > 0] * penalty_latency * (1 + latency_violation / tau)``
+    (defaults 10 and 50; no per-step penalty between
     ``eps_l`` and the cap: a per-step penalty above ``eps_l`` would forbid the
     flexibility the average constraint gives).  At the last step the episode's
     average excess is charged once:
@@ -80,7 +85,7 @@ class FastFadingEnv(SiftMoEEnv):
     i.e. what a per-step penalty ``penalty * (err/eps_l - 1)`` would sum to if
     every token carried the mean excess.  Top-k scores exactly -1 per step on
     all-feasible links.  ``info`` adds ``cap``, ``queue`` (all layers, after
-    the step), ``cap_violation`` and, at the end, ``reward_average`` and
+    the step), ``cap_violation``, ``activated_nodes`` and, at the end, ``reward_average`` and
     ``mean_error_ratio`` (L,).
 
     ## Starting State
@@ -107,6 +112,9 @@ class FastFadingEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): node-set actions pay every activated node
+      (used or not) and its latency violation; the latency term became
+      ``penalty_latency * (1 + violation / tau)`` with default 50.
     """
 
     setting = "fastfading"
@@ -187,14 +195,10 @@ class FastFadingEnv(SiftMoEEnv):
         self._obs_table = tabs["obs_table"][0]
         self._cost, self._feas, self._viol = tabs["cost"][0], tabs["feas"][0], tabs["viol"][0]
         self._err_tab = self.table.err_rows(self._dk, self._gates) if self.table.enabled else None
-        self._energy_tlc = self._combo_energies(self._cost) if self.table.enabled else None  # (T, L, C)
         self.queue = np.zeros(self.n_layers)
         self._ratio_sum = np.zeros(self.n_layers)
         self._cap_factor = float(self.system.config.eps_max_factor)
         self._ep_sums = [0.0, 0.0, 0, 0]
-
-    def _combo_energy(self, s, layer, cost):
-        return self._energy_tlc[self._tok[s], layer]
 
     def _step_costs_at(self, s: int):
         t = self._tok[min(s, self._n_steps - 1)]
@@ -258,7 +262,7 @@ class FastFadingEnv(SiftMoEEnv):
             "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15,
             "cap_violation": res["err"] > cap * (1.0 + 1e-12) + 1e-15,
             "latency_violation": res["lat"], "assignment": res["assignment"], "computed": res["computed"],
-            "nodes_used": res["used"], "queue": self.queue.copy(),
+            "nodes_used": res["used"], "activated_nodes": res["active"], "queue": self.queue.copy(),
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": t,
         }

@@ -45,10 +45,15 @@ class PrefillEnv(SiftMoEEnv):
 
     ## Action Space
 
-    As in Decode-v0: ``"nodes"`` (default, ``MultiBinary(M)``: the token is
-    served exactly by ``solve_decode`` over node 0 and the chosen nodes at the
-    marginal costs), ``"discrete"`` (``Discrete(2**M)``), ``"experts"``
-    (``MultiBinary(N)``), ``"slots"`` (``MultiDiscrete([N+1]*k)``).
+    As in Decode-v0: ``"nodes"`` (default, ``MultiBinary(M)``: every chosen
+    node is activated and paid, i.e. its load at this layer goes up by one for
+    this token and the step pays its marginal cost and any increase of its
+    latency overrun, used or not; the token is served by the fewest computed
+    experts over node 0 and the chosen nodes that meet ``eps_l``, exactly as
+    ``solve_decode`` with the chosen nodes' costs set to 0), ``"discrete"``
+    (``Discrete(2**M)``), ``"experts"`` (``MultiBinary(N)``), ``"slots"``
+    (``MultiDiscrete([N+1]*k)``); the last two load and pay the nodes their
+    computed experts sit on.
 
     ## Observation Space
 
@@ -66,9 +71,10 @@ class PrefillEnv(SiftMoEEnv):
 
     ## Rewards
 
-    ``r = -(dE + f) / (Ebar_l + f) - penalty * max(0, err - eps_l) / eps_l
-    - penalty_latency * d_violation / tau_p``, where ``dE`` is the step's
-    marginal energy (marginal link costs plus ``e_c`` per computed expert),
+    ``r = -(dE + f) / (Ebar_l + f) - [err > eps_l] * penalty * (1 + (err - eps_l) / eps_l)
+    - [d_violation > 0] * penalty_latency * (1 + d_violation / tau_p)``
+    (defaults 10 and 50), where ``dE`` is the step's
+    marginal energy (marginal costs of the activated nodes plus ``e_c`` per computed expert),
     ``Ebar_l`` top-k's block energy at this layer divided by ``T`` (a constant
     per layer and episode) and ``d_violation`` the increase of the block's
     latency overrun.  The marginal costs telescope: the return is minus the
@@ -76,7 +82,8 @@ class PrefillEnv(SiftMoEEnv):
     and top-k averages exactly -1 per step over each layer (up to rounding)
     when its links are feasible.  ``info`` carries the Decode-v0 keys (with
     ``energy_j`` the marginal energy and ``topk_energy_j`` top-k's marginal
-    energy at the current loads) plus ``loads`` (after the step),
+    energy at the current loads; ``activated_nodes`` the nodes whose load
+    went up) plus ``loads`` (after the step),
     ``block_energy_j`` (the layer's block energy so far) and
     ``reward_scale_j`` (``Ebar_l``).
 
@@ -104,6 +111,9 @@ class PrefillEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): node-set actions load and pay every activated
+      node (used or not) and its latency overrun; the latency term became
+      ``penalty_latency * (1 + d_violation / tau_p)`` with default 50.
     """
 
     setting = "prefill"
@@ -219,13 +229,14 @@ class PrefillEnv(SiftMoEEnv):
         e_bar = float(self._e_bar[layer])
         r_e, r_a, r_l = self._reward(res["energy"], e_bar, res["err"], eps, float(self._eps_div[layer]), res["lat"])
         reward = r_e + r_a + r_l
-        self._loads = self._loads + res["used"]
+        self._loads = self._loads + res["active"]  # every activated node receives the token (paid)
         self._block_viol += res["lat"]
         self._block_energy += res["energy"]
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps,
             "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": res["lat"],
             "assignment": res["assignment"], "computed": res["computed"], "nodes_used": res["used"],
+            "activated_nodes": res["active"],
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": s % self._T, "loads": self._loads.copy(),
             "block_energy_j": self._block_energy, "reward_scale_j": e_bar,

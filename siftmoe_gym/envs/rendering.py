@@ -37,8 +37,9 @@ def render_ansi(env) -> str:
         how = "kept" if a == e else ("skipped" if a < 0 else f"replaced by {a}@{node_of[a]}")
         lines.append(f"  {i:2d} | {int(e):4d}@{int(node_of[e])}   | {g:.3f} | {how}")
     used = np.flatnonzero(last["used"]).tolist()
+    active = np.flatnonzero(last.get("active", last["used"])).tolist()
     lines.append(
-        f"nodes used {used}  energy {last['energy']:.3e} J (top-k {last['topk_energy']:.3e} J)  "
+        f"nodes activated (paid) {active}  used {used}  energy {last['energy']:.3e} J (top-k {last['topk_energy']:.3e} J)  "
         f"error bound {last['err']:.4f} / budget {last['budget']:.4f}  latency overrun {last['lat']:.2e} s  "
         f"reward {last['reward']:+.3f}"
     )
@@ -62,8 +63,10 @@ def _line(img, p0, p1, color, width=2):
 
 
 def render_rgb(env) -> np.ndarray:
-    """Node 0 in the centre, edge nodes on a circle, links green (good) to red (infeasible);
-    experts as small squares around their node: blue kept, orange replacement, grey skipped top-k, light others."""
+    """Node 0 in the centre, edge nodes on a circle, links green (good) to red (infeasible), thick when the
+    node was activated (paid); node discs gold when the served experts used them, pale yellow when activated
+    but unused; experts as small squares around their node: blue kept, orange replacement, grey skipped
+    top-k, light others."""
     s, cost, feas, margin = _state(env)
     img = np.empty((SIZE, SIZE, 3), np.uint8)
     img[:] = _BG
@@ -73,10 +76,11 @@ def render_rgb(env) -> np.ndarray:
     pos = [(c, c)] + [(c + 0.36 * SIZE * np.sin(a), c + 0.36 * SIZE * np.cos(a)) for a in ang]
     last = env._last
     used = last["used"] if last is not None else np.zeros(m + 1, bool)
+    active = last.get("active", used) if last is not None else used
     for j in range(1, m + 1):
         q = float(np.clip((margin[j - 1] + 10.0) / 30.0, 0.0, 1.0)) if feas[j] else 0.0
         color = np.array([int(220 * (1 - q)), int(180 * q), 40], np.uint8)
-        _line(img, pos[0], pos[j], color, width=4 if used[j] else 1)
+        _line(img, pos[0], pos[j], color, width=4 if active[j] else 1)
     layer = last["layer"] if last is not None else env.layer
     node_of = env.system.node_of[layer]
     ls = last["s"] if last is not None else s
@@ -84,7 +88,8 @@ def render_rgb(env) -> np.ndarray:
     served = set(int(a) for a in last["assignment"] if a >= 0) if last is not None else set()
     for j, (py, px) in enumerate(pos):
         _disk(img, py, px, 16, np.array([60, 60, 60] if j == 0 else [110, 110, 160], np.uint8))
-        _disk(img, py, px, 12, np.array([240, 240, 240], np.uint8) if not used[j] else np.array([255, 215, 0], np.uint8))
+        fill = [255, 215, 0] if used[j] else ([255, 245, 170] if active[j] else [240, 240, 240])
+        _disk(img, py, px, 12, np.array(fill, np.uint8))
         experts = np.flatnonzero(node_of == j)
         for r, e in enumerate(experts[:12]):
             ey = int(py + 20 + 7 * (r // 6))

@@ -119,8 +119,7 @@ class SiftMoEVectorEnv(VectorEnv):
         self._topk, self._gates, self._probs, self._norms = tabs["topk"], tabs["gates"], tabs["probs"], tabs["norms"]
         self._margin, self._obs_table = tabs["margin"], tabs["obs_table"]
         self._cost, self._feas, self._viol = tabs["cost"], tabs["feas"], tabs["viol"]
-        e_lc = tabs.get("energy_lc")  # (B, L, C) -> (L, B, C): one layer's rows contiguous
-        self._energy_lc = None if e_lc is None else np.ascontiguousarray(e_lc.transpose(1, 0, 2))
+        self._mask_e, self._mask_lat = tabs.get("mask_e"), tabs.get("mask_lat")  # decode: (B, 2^M)
         self._layers = tabs["layers"]
         self._n_steps = len(self._layers)
         self._tokens_per_ep = env.env_config["episode_tokens"]
@@ -220,24 +219,34 @@ class SiftMoEVectorEnv(VectorEnv):
         return "experts", bits
 
     # ------------------------------------------------------------------ step
-    def _pick_energy(self, allow, err, energy, thr):
-        """Batched :func:`pick_rows` for ``obj = energy`` (decode): the same choices, fewer passes over (B, C)."""
-        ok = allow & (err <= thr)
-        o = np.where(ok, energy, np.inf)
-        idx = o.argmin(axis=1)
-        ar = self._ar
-        best = o[ar, idx]
-        good = best < np.inf
-        lim = best + np.abs(best) * REL_TOL + ABS_TOL
-        tie = o <= lim[:, None]
-        multi = np.flatnonzero(good & (np.count_nonzero(tie, axis=1) > 1))
-        if len(multi):
-            idx[multi] = np.argmin(np.where(tie[multi], err[multi], np.inf), axis=1)
-        bad = np.flatnonzero(~good)
-        if len(bad):
-            ea = np.where(allow[bad], err[bad], np.inf)
-            tie2 = ea <= ea.min(axis=1, keepdims=True) * (1.0 + REL_TOL) + ABS_TOL
-            idx[bad] = np.argmin(np.where(tie2, energy[bad], np.inf), axis=1)
+    def _pick_compute(self, allow, err, cap):
+        """Batched :func:`pick_rows` for ``obj = e_c * |C|`` (decode, activated nodes paid): the same choices.
+
+        Adjacent distinct-count levels never tie, so the choice is lexicographic: the fewest computed
+        experts among allowed in-budget combos, then the least error (first index among exact ties);
+        rows with none in budget take the least error (ties within tolerance: fewest computed).
+        """
+        env = self.env
+        levels = env._count_levels
+        ec = env._ec_count
+        n = len(err)
+        if levels is None:  # e_c ~ 0: every count ties
+            ecb = np.broadcast_to(ec, err.shape)
+            return pick_rows(allow, err, ecb, ecb, np.full(n, cap))[0]
+        e_ok = np.where(allow & (err <= cap * (1.0 + REL_TOL) + ABS_TOL), err, np.inf)
+        idx = np.full(n, -1, dtype=np.int64)
+        todo = self._ar
+        for cols in levels:
+            sub = e_ok[todo[:, None], cols] if len(todo) < n else e_ok[:, cols]
+            j = sub.argmin(axis=1)
+            hit = sub[np.arange(len(todo)), j] < np.inf
+            idx[todo[hit]] = cols[j[hit]]
+            todo = todo[~hit]
+            if not len(todo):
+                return idx
+        ea = np.where(allow[todo], err[todo], np.inf)
+        tie2 = ea <= ea.min(axis=1, keepdims=True) * (1.0 + REL_TOL) + ABS_TOL
+        idx[todo] = np.argmin(np.where(tie2, ec, np.inf), axis=1)
         return idx
 
     def step(self, actions):
@@ -276,21 +285,26 @@ class SiftMoEVectorEnv(VectorEnv):
         gates = self._gates[:, s]
         ar = self._ar
         if kind == "nodes":
+            # paid activation: every node of the action is paid and its latency counts; the slots are
+            # served by the compute energy e_c |C| (plus, in P3, the weighted error)
             err_c = err_table(gates[:, :, None] * dk)  # (n, C)
-            energy_c = self._energy_lc[layer] if not ff else env._combo_energies(cost, layer)
+            ec = env._ec_count  # (C,)
+            active = env._subset_nodes[payload]  # (n, M+1)
             if tab.allow is not None:
                 allow = tab.allow[layer][payload]
             else:
-                allow = (~env._subset_nodes[payload]).astype(np.float64) @ tab.nodes_f[layer].T == 0
-            thr = cap * (1.0 + REL_TOL) + ABS_TOL
+                allow = (~active).astype(np.float64) @ tab.nodes_f[layer].T == 0
             if not ff:
-                idx = self._pick_energy(allow, err_c, energy_c, thr)
+                idx = self._pick_compute(allow, err_c, cap)
+                energy = self._mask_e[ar, payload] + ec[idx]
+                lat = self._mask_lat[ar, payload]
             else:
-                obj = we[:, None] * energy_c + wr[:, None] * err_c
-                idx, _ = pick_rows(allow, err_c, energy_c, obj, np.full(n, cap))
+                obj = we[:, None] * ec + wr[:, None] * err_c
+                idx, _ = pick_rows(allow, err_c, np.broadcast_to(ec, err_c.shape), obj, np.full(n, cap))
+                energy = np.where(active, cost, 0.0).sum(axis=1) + ec[idx]
+                lat = np.where(active, viol, 0.0).max(axis=1)
             servers = tab.servers[idx]
             used = tab.nodes[layer][idx]
-            energy = energy_c[ar, idx]
             if env.top_k <= 2:
                 err = err_c[ar, idx]
             else:
@@ -310,18 +324,19 @@ class SiftMoEVectorEnv(VectorEnv):
             energy = np.where(used, cost, 0.0).sum(axis=1) + env.compute_cost * computed.sum(axis=1)
             err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
             assignment = np.where(servers >= nn, -1, servers)
-        lat = np.where(used, viol, 0.0).max(axis=1)
+            active = used
+            lat = np.where(used, viol, 0.0).max(axis=1)
         pen, pen_l = env.env_config["penalty"], env.env_config["penalty_latency"]
         r_e = -(energy + env.floor) / (e_topk + env.floor)
         thr = cap
-        r_a = np.where(err > thr, -pen * np.maximum(err - thr, 0.0) / eps_d, 0.0)
-        r_l = np.where(lat > 0.0, -pen_l * lat / env._tau, 0.0)
+        r_a = np.where(err > thr * (1.0 + REL_TOL) + ABS_TOL, -pen * (1.0 + np.maximum(err - thr, 0.0) / eps_d), 0.0)
+        r_l = np.where(lat > 0.0, -pen_l * (1.0 + lat / env._tau), 0.0)
         reward = r_e + r_a + r_l
         violation = err > eps * (1.0 + 1e-12) + 1e-15
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
             "violation": violation, "latency_violation": lat, "assignment": assignment,
-            "nodes_used": used, "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
+            "nodes_used": used, "activated_nodes": active, "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": np.full(n, layer), "token": np.full(n, s // env.n_layers),
         }
         sums = self._sums
