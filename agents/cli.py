@@ -45,7 +45,9 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="total environment steps (default: n_timesteps of the YAML)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-envs", type=int, default=None, help="parallel environments (default: n_envs of the YAML)")
-    p.add_argument("--vec", choices=("dummy", "subproc"), default="dummy", help="VecEnv type (default dummy)")
+    p.add_argument("--vec", choices=("native", "dummy", "subproc"), default=None,
+                   help="VecEnv type (default: native where the env has a native vector entry point and the "
+                        "algorithm needs no action masks, else dummy)")
     p.add_argument("--logdir", default="runs", help="folder of runs (default runs/)")
     p.add_argument("--run-name", default=None, help="run folder name (default <env>_<algo>_seed<seed>[_i])")
     p.add_argument("--hyperparams", nargs="*", default=None, metavar="KEY=VALUE",

@@ -26,6 +26,18 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     return gym.make(env_id, **(env_kwargs or {}))
 
 
+def make_baseline_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """The environment baselines are evaluated on: ``env_id``'s setting in ``action_mode="slots"``.
+
+    Slot assignments represent every decision exactly, so ``topk`` is plain top-k routing and every
+    baseline acts as documented; in the node-set modes the environment would re-serve a policy's
+    node set.  Episodes depend only on the seed, so an agent on ``env_id`` and the baselines here
+    see identical episodes (common random numbers).
+    """
+    kwargs = {k: v for k, v in (env_kwargs or {}).items() if k != "action_mode"}
+    return make_env(env_id.replace("Discrete-v", "-v"), {**kwargs, "action_mode": "slots"})
+
+
 class _EnvFactory:
     """Picklable env constructor (works with subprocess start methods that pickle)."""
 
@@ -64,11 +76,20 @@ def make_vec_env(
     vec: str = "dummy",
     wrapper: Callable | None = None,
 ):
-    """``n_envs`` copies of ``env_id`` in a DummyVecEnv or SubprocVecEnv, seeded ``seed + i``."""
+    """``n_envs`` copies of ``env_id``, seeded ``seed + i``: the native batched env behind SB3's
+    VecEnv API (``vec="native"``), a DummyVecEnv or a SubprocVecEnv."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
     if n_envs < 1:
         raise AgentConfigError(f"n_envs must be at least 1, got {n_envs}")
+    if vec == "native":
+        if wrapper is not None or get_algo(algo).masked:
+            raise AgentConfigError("--vec native has no per-env wrappers or action masks; use --vec dummy or subproc")
+        from siftmoe_gym.envs.sb3_vec import has_native, make_sb3_vec_env
+
+        if not has_native(env_id):
+            raise AgentConfigError(f"{env_id} has no native vector env; use --vec dummy or subproc")
+        return make_sb3_vec_env(env_id, n_envs, seed=int(seed), vec="native", **(env_kwargs or {}))
     factory = _EnvFactory(env_id, env_kwargs, wrapper, get_algo(algo).masked)
     fns = [factory for _ in range(n_envs)]
     if vec == "dummy":
@@ -76,6 +97,6 @@ def make_vec_env(
     elif vec == "subproc":
         venv = SubprocVecEnv(fns)
     else:
-        raise AgentConfigError(f"unknown --vec {vec!r}; use dummy or subproc")
+        raise AgentConfigError(f"unknown --vec {vec!r}; use native, dummy or subproc")
     venv.seed(int(seed))
     return venv

@@ -33,7 +33,7 @@ from .compare import (
     BaselineCache, atomic_write_json, comparison_rows, eval_seeds, evaluate, format_table, write_comparison,
     DEFAULT_EVAL_SEED_BASE,
 )
-from .envs import ensure_registered, make_env, make_vec_env
+from .envs import ensure_registered, make_baseline_env, make_env, make_vec_env
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
 from .policy import AgentPolicy
 
@@ -127,7 +127,7 @@ def train(
     keep_checkpoints: int = 2,
     resume: bool = False,
     run_name: str | None = None,
-    vec: str = "dummy",
+    vec: str | None = None,
     progress_bar: bool = True,
     baselines: Iterable[str] | None = None,
     max_violation_rate: float = 0.01,
@@ -141,8 +141,8 @@ def train(
     algo = canonical_algo(algo)
     spec = get_algo(algo)
     ensure_registered(env_id)
-    if vec not in ("dummy", "subproc"):
-        raise AgentConfigError(f"unknown --vec {vec!r}; use dummy or subproc")
+    if vec not in (None, "native", "dummy", "subproc"):
+        raise AgentConfigError(f"unknown --vec {vec!r}; use native, dummy or subproc")
     logdir = Path(logdir)
     base = run_name or f"{slug(env_id)}_{algo}_seed{seed}"
 
@@ -179,6 +179,10 @@ def train(
     if resume:
         n_envs = int(saved["n_envs"])  # the checkpoint's rollout buffers are shaped for it
     wrapper = import_by_name(trainer_opts["env_wrapper"]) if trainer_opts.get("env_wrapper") else None
+    if vec is None:
+        from siftmoe_gym.envs.sb3_vec import has_native
+
+        vec = "native" if (has_native(env_id) and wrapper is None and not spec.masked) else "dummy"
 
     eval_env = make_env(env_id, env_kwargs)
     check_compatible(algo, eval_env.action_space, env_id)
@@ -218,8 +222,9 @@ def train(
         model = cls(env=venv, seed=int(seed), device=device, verbose=verbose, **algo_kwargs)
     model.set_logger(logger)
 
-    cache = BaselineCacheWithKwargs(eval_env, eval_seed_list, run_dir / "baselines.json",
-                                    key=json.dumps({"env_id": env_id, "env_kwargs": env_kwargs}, sort_keys=True))
+    cache = BaselineCacheWithKwargs(make_baseline_env(env_id, env_kwargs), eval_seed_list, run_dir / "baselines.json",
+                                    key=json.dumps({"env_id": env_id, "env_kwargs": env_kwargs, "baseline_mode": "slots"},
+                                                   sort_keys=True))
     meta = {k: config[k] for k in ("env_id", "algo", "algo_class", "seed", "env_kwargs", "hyperparams", "run_dir")}
     eval_cb = ComparisonEvalCallback(eval_env, eval_seed_list, eval_freq, run_dir, cache, model_meta=meta,
                                      history=history, best=best, wall_offset_s=wall_offset,
@@ -323,9 +328,10 @@ def evaluate_saved(
         seeds = eval_seeds(episodes or 5, DEFAULT_EVAL_SEED_BASE if eval_seed_base is None else eval_seed_base)
     agent = evaluate(env, AgentPolicy(model, env), seeds)
     out_dir = Path(out_dir) if out_dir else path.parent / f"evaluate_{path.stem}"
-    cache = BaselineCacheWithKwargs(env, seeds, out_dir / "baselines.json",
-                                    key=json.dumps({"env_id": env_id, "env_kwargs": meta.get("env_kwargs") or {}},
-                                                   sort_keys=True))
+    cache = BaselineCacheWithKwargs(make_baseline_env(env_id, meta.get("env_kwargs") or {}), seeds,
+                                    out_dir / "baselines.json",
+                                    key=json.dumps({"env_id": env_id, "env_kwargs": meta.get("env_kwargs") or {},
+                                                    "baseline_mode": "slots"}, sort_keys=True))
     rows = comparison_rows(f"{meta['algo']} (agent)", agent, cache, baseline_names(baselines))
     title = f"{env_id}: {path.name} ({meta['algo']}), {len(seeds)} eval episodes"
     files = write_comparison(rows, out_dir, {**meta, "title": title, "model": str(path), "eval_seeds": seeds,
