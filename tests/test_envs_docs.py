@@ -1,12 +1,17 @@
-"""The usage example in docs/envs.md runs."""
+"""The usage examples in README.md and docs/envs.md run."""
 
 import re
 from pathlib import Path
 
+import pytest
 
-def test_docs_example_runs():
-    text = (Path(__file__).resolve().parents[1] / "docs" / "envs.md").read_text()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/envs.md"])
+def test_docs_example_runs(doc):
+    text = (ROOT / doc).read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert blocks
+    assert blocks, f"{doc} has no python example"
     for code in blocks:
-        exec(compile(code, "docs/envs.md", "exec"), {"__name__": "__docs__"})
+        exec(compile(code, doc, "exec"), {"__name__": "__docs__"})
