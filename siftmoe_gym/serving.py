@@ -174,6 +174,12 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
         w = np.full(size, np.inf)
         wj = np.zeros(size, dtype=np.int64)
     w[0] = 0.0
+    # A group served by one server no better than skipping it is dominated (skip it: no more error,
+    # one server fewer), so only useful groups enter the recursion.
+    keep = w[pg] < skipc[pg]
+    kpm, kpg, kpr = pm[keep], pg[keep], pr[keep]
+    wk = w[kpg]
+    seg_masks, seg_starts = np.unique(kpm, return_index=True)
     levels = [np.full(size, np.inf)]
     levels[0][0] = 0.0
     minerr = np.full(k + 1, np.inf)
@@ -184,12 +190,11 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     minerr[0] = tot[best_mask[0]]
     best_obj = alpha * 0 + beta * minerr[0] if _within(minerr[0], cap) else np.inf
     for c in range(1, k + 1):
-        if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
+        if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL or not kpm.size:
             break
         prev = levels[-1]
-        vals = w[pg] + prev[pr]
         cur = prev.copy()
-        cur[1:] = np.minimum(prev[1:], np.minimum.reduceat(vals, starts))
+        cur[seg_masks] = np.minimum(prev[seg_masks], np.minimum.reduceat(wk + prev[kpr], seg_starts))
         levels.append(cur)
         tot = cur + comp
         best_mask[c] = int(np.argmin(tot))
@@ -205,8 +210,7 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
             if prev[mask] <= cur[mask]:
                 c -= 1
                 continue
-            lo, hi = starts[mask - 1], (starts[mask] if mask < size - 1 else len(pm))
-            cand = pg[lo:hi]
+            cand = kpg[kpm == mask]
             g = int(cand[np.argmin(w[cand] + prev[mask ^ cand])])
             slots = (g >> np.arange(k)) & 1 == 1
             assign[slots] = servers[wj[g]]
