@@ -4,6 +4,7 @@
     python train.py --quick
     python train.py --env siftmoe_gym/Decode-v0 --algo ppo --steps 200000 --seed 0 --n-envs 8 --logdir runs/
     python train.py evaluate --model runs/<run>/final_model.zip
+    python train.py compare --scenarios benchmarks/scenarios/default.yml --out runs/compare
 """
 
 import sys

@@ -38,7 +38,8 @@ def _key_values(items: Sequence[str] | None) -> dict:
 def train_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a Stable-Baselines3 agent on a siftmoe_gym environment and compare it "
                 "with the SiftMoE optimum, top-k and the other baselines on the same seeded episodes. "
-                "Subcommand: 'train.py evaluate --model PATH' re-evaluates a saved agent.")
+                "Subcommands: 'train.py evaluate --model PATH' re-evaluates a saved agent; "
+                "'train.py compare --scenarios FILE --out DIR' runs the benchmark report (python -m agents.compare).")
     p.add_argument("--env", default=None, help="environment id (default siftmoe_gym/Decode-v0)")
     p.add_argument("--algo", default=None,
                    help=f"algorithm: {', '.join(ALGOS)} (aliases: {', '.join(ALIASES)}); default ppo")
@@ -126,6 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv and argv[0] == "evaluate":
             return _run_evaluate(evaluate_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "compare":  # the benchmark report: same as python -m agents.compare
+            from .compare import main as compare_main
+
+            return compare_main(argv[1:])
         if argv and argv[0] == "train":
             argv = argv[1:]
         return _run_train(train_parser().parse_args(argv))

@@ -576,13 +576,10 @@ def tiny_model_trace(out_dir: Path, tokens: int = 2048, quantile: float = 0.99, 
     return str(save_trace(trace, path))
 
 
-def run_sweep_scenario(scn: dict, seeds: list[int], agents: list[LoadedAgent], bar, notes: list[str],
-                       base_dir: Path, out_dir: Path | None = None) -> list[dict[str, Any]]:
-    import gymnasium as gym
-
+def prepare_sweep_scenario(scn: dict, notes: list[str], base_dir: Path, out_dir: Path | None = None) -> dict | None:
+    """What every point of a sweep scenario needs (env id, trace path, policies), or ``None`` when the scenario
+    is skipped (a note says why).  Runs once per scenario, in the driver (it may extract the tiny-model trace)."""
     import baselines
-    import siftmoe_gym  # noqa: F401  (registers the environments)
-    from siftmoe_gym.evaluation import run_episode
 
     env_id = scn.get("env", "siftmoe_gym/Decode-v0")
     trace = None
@@ -595,76 +592,200 @@ def run_sweep_scenario(scn: dict, seeds: list[int], agents: list[LoadedAgent], b
                          + (f"; links carry d = {lhs} (D = {lhs} x 16 bits per token)" if lhs else ""))
         except Exception as exc:
             notes.append(f"skipped: no tiny-model trace ({type(exc).__name__}: {exc})")
-            bar.update(len(_points(scn)) * (len(scn.get("policies") or []) + len(agents)))
-            return []
+            return None
     elif scn.get("trace"):
         trace_path = _expand_path(scn["trace"], base_dir)
         if trace_path is None or not trace_path.is_file():
             notes.append(f"skipped: trace file {scn['trace']} not found")
-            bar.update(len(_points(scn)) * (len(scn.get("policies") or []) + len(agents)))
-            return []
+            return None
         trace = str(trace_path)
-    policies = list(scn.get("policies") or baselines.available_policies())
-    policy_kwargs = scn.get("policy_kwargs") or {}
-    use_agents = agents if scn.get("agents", True) else []
+    return {"env_id": env_id, "trace": trace, "policies": list(scn.get("policies") or baselines.available_policies()),
+            "policy_kwargs": scn.get("policy_kwargs") or {}, "use_agents": bool(scn.get("agents", True)),
+            "points": _points(scn)}
+
+
+def evaluate_point(scn: dict, plan: dict, label: str, x: float, cfg: dict, seeds: list[int],
+                   agents: list[LoadedAgent], tick=None, episodes_in_point: int | None = None,
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The unit of work of a sweep: every policy (then the bound, then every agent) of one scenario point on
+    ``seeds``; returns ``(episode records, notes)``.  Each episode depends only on its seed, so running the
+    seeds of a point in one call or split over several (``--ray``; then ``episodes_in_point`` is the point's
+    total) gives the same records."""
+    import gymnasium as gym
+
+    import baselines
+    import siftmoe_gym  # noqa: F401  (registers the environments)
+    from siftmoe_gym.evaluation import run_episode
+
+    env_id, trace = plan["env_id"], plan["trace"]
+    tick = tick or (lambda _msg: None)
+    notes: list[str] = []
+    point_records: list[dict[str, Any]] = []
+    common = {"scenario": scn["name"], "env": env_id, "param": (scn.get("sweep") or {}).get("param", ""),
+              "point": label, "x": x, "episodes_in_point": int(episodes_in_point or len(seeds))}
+    env_kw = {"trace": trace} if trace else {}
+    env = gym.make(env_id, config=cfg, action_mode=ACTION_MODE_BASELINES, **env_kw)
+    for name in plan["policies"]:
+        kw = dict(plan["policy_kwargs"].get(name) or {})
+        if name == "random-within-budget":
+            kw.setdefault("seed", 0)
+        policy = baselines.get_policy(name, env, **kw)
+        for s in seeds:
+            if name == "random-within-budget":
+                policy.reset(seed=int(s))  # reproducible per episode, independent of episode order
+            st = run_episode(env, policy, s)
+            point_records.append(_episode_record(st, **common, policy=name))
+        tick(f"{scn['name']} {label} {name}")
+    if scn.get("bound") == "lagrangian":
+        from baselines.fastfading import lagrangian_bound
+
+        cfgd = env.unwrapped.system.config
+        for s in seeds:
+            b = lagrangian_bound(_episode_instances(env, s), eps_max_factor=float(cfgd.eps_max_factor))
+            # an episode whose average budget cannot be met even at least error has no finite bound:
+            # leave it out of the bound's mean (and say how many were left out)
+            point_records.append({**common, "policy": BOUND_NAME, "seed": int(s),
+                                  "mean_norm_energy": b.value if b.feasible else math.nan,
+                                  "within_constraints": b.feasible})
+    env.close()
+    for agent in (agents if plan["use_agents"] else []):
+        try:
+            aenv = _agent_env(agent, env_id, cfg, trace)
+        except Exception as exc:
+            aenv = f"agent {agent.name}: cannot build its env: {type(exc).__name__}: {exc}"
+        if isinstance(aenv, str):
+            notes.append(aenv if "was trained on" in aenv else f"{aenv} (point {label})")
+            tick(f"{scn['name']} {label} {agent.name}")
+            continue
+        policy = AgentPolicy_(agent.model, aenv)
+        for s in seeds:
+            point_records.append(_episode_record(run_episode(aenv, policy, s), **common, policy=agent.name))
+        aenv.close()
+        tick(f"{scn['name']} {label} {agent.name}")
+    _fill_relative(point_records)
+    return point_records, notes
+
+
+def finish_sweep_scenario(point_results: list[tuple[str, list[dict[str, Any]], list[str]]], seeds: list[int],
+                          notes: list[str]) -> list[dict[str, Any]]:
+    """Records of a sweep scenario from ``[(label, records, notes)]`` per point (in point order); adds the notes."""
     records: list[dict[str, Any]] = []
     bound_out: dict[str, int] = {}
-    for label, x, cfg in _points(scn):
-        point_records: list[dict[str, Any]] = []
-        common = {"scenario": scn["name"], "env": env_id, "param": (scn.get("sweep") or {}).get("param", ""),
-                  "point": label, "x": x, "episodes_in_point": len(seeds)}
-        env_kw = {"trace": trace} if trace else {}
-        env = gym.make(env_id, config=cfg, action_mode=ACTION_MODE_BASELINES, **env_kw)
-        for name in policies:
-            bar.set_postfix_str(f"{scn['name']} {label} {name}")
-            kw = dict(policy_kwargs.get(name) or {})
-            if name == "random-within-budget":
-                kw.setdefault("seed", 0)
-            policy = baselines.get_policy(name, env, **kw)
-            for s in seeds:
-                if name == "random-within-budget":
-                    policy.reset(seed=int(s))  # reproducible per episode, independent of episode order
-                st = run_episode(env, policy, s)
-                point_records.append(_episode_record(st, **common, policy=name))
-            bar.update(1)
-        if scn.get("bound") == "lagrangian":
-            from baselines.fastfading import lagrangian_bound
-
-            cfgd = env.unwrapped.system.config
-            for s in seeds:
-                b = lagrangian_bound(_episode_instances(env, s), eps_max_factor=float(cfgd.eps_max_factor))
-                # an episode whose average budget cannot be met even at least error has no finite bound:
-                # leave it out of the bound's mean (and say how many were left out)
-                point_records.append({**common, "policy": BOUND_NAME, "seed": int(s),
-                                      "mean_norm_energy": b.value if b.feasible else math.nan,
-                                      "within_constraints": b.feasible})
-                if not b.feasible:
-                    bound_out[label] = bound_out.get(label, 0) + 1
-        env.close()
-        for agent in use_agents:
-            bar.set_postfix_str(f"{scn['name']} {label} {agent.name}")
-            try:
-                aenv = _agent_env(agent, env_id, cfg, trace)
-            except Exception as exc:
-                aenv = f"agent {agent.name}: cannot build its env: {type(exc).__name__}: {exc}"
-            if isinstance(aenv, str):
-                msg = aenv if "was trained on" in aenv else f"{aenv} (point {label})"
-                if msg not in notes:
-                    notes.append(msg)
-                bar.update(1)
-                continue
-            policy = AgentPolicy_(agent.model, aenv)
-            for s in seeds:
-                point_records.append(_episode_record(run_episode(aenv, policy, s), **common, policy=agent.name))
-            aenv.close()
-            bar.update(1)
-        _fill_relative(point_records)
+    for label, point_records, point_notes in point_results:
+        for msg in point_notes:
+            if msg not in notes:
+                notes.append(msg)
+        out = sum(1 for r in point_records if r["policy"] == BOUND_NAME and not r["within_constraints"])
+        if out:
+            bound_out[label] = out
         _bound_note(point_records, label, notes)
         records += point_records
     if bound_out:
         notes.append("Lagrangian bound left out on episodes whose average budget is unattainable even at least "
                      "error (no finite bound): " + ", ".join(f"{k}: {v} of {len(seeds)}" for k, v in bound_out.items()))
     return records
+
+
+def _sweep_units(scn: dict, agents: list[LoadedAgent]) -> int:
+    import baselines
+
+    pol = scn.get("policies") or list(baselines.available_policies())
+    return len(_points(scn)) * (len(pol) + (len(agents) if scn.get("agents", True) else 0))
+
+
+def run_sweep_scenario(scn: dict, seeds: list[int], agents: list[LoadedAgent], bar, notes: list[str],
+                       base_dir: Path, out_dir: Path | None = None) -> list[dict[str, Any]]:
+    plan = prepare_sweep_scenario(scn, notes, base_dir, out_dir)
+    if plan is None:
+        bar.update(_sweep_units(scn, agents))
+        return []
+
+    def tick(msg):
+        bar.set_postfix_str(msg)
+        bar.update(1)
+
+    results = []
+    for label, x, cfg in plan["points"]:
+        recs, pnotes = evaluate_point(scn, plan, label, x, cfg, seeds, agents, tick)
+        results.append((label, recs, pnotes))
+    return finish_sweep_scenario(results, seeds, notes)
+
+
+# ------------------------------------------------------------------------------------------- Ray (--ray)
+_AGENT_CACHE: dict[tuple, list[LoadedAgent]] = {}
+
+
+def ray_point_task(scn: dict, plan: dict, label: str, x: float, cfg: dict, seeds: list[int],
+                   agent_specs: list[tuple[str, str]], episodes_in_point: int, threads: int = 1):
+    """A Ray task: :func:`evaluate_point` on a chunk of a point's seeds (agents loaded once per worker)."""
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+    except ImportError:  # pragma: no cover
+        pass
+    key = tuple(agent_specs)
+    if key not in _AGENT_CACHE:
+        _AGENT_CACHE[key] = [load_saved_agent(n, p) for n, p in agent_specs]
+    return evaluate_point(scn, plan, label, x, cfg, seeds, _AGENT_CACHE[key], None, episodes_in_point)
+
+
+class RayPointRunner:
+    """``--ray``: every (scenario point, chunk of ``chunk`` seeds) of the sweep scenarios is a Ray task.
+
+    All scenarios are submitted first (:meth:`submit`), then gathered in scenario order (:meth:`gather`);
+    a point's records are put back in the single-machine order (policy, then seed), so the CSVs, tables
+    and plots are the same as without Ray.  Local Ray (``num_cpus``) unless ``address`` joins a cluster;
+    workers need the project installed and the agent/trace paths readable (a shared file system)."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, chunk: int = 8, threads: int = 1,
+                 agents: dict[str, str] | None = None):
+        from .ray_utils import init_ray, require_ray
+
+        self.ray = require_ray()
+        self.started = init_ray(address, num_cpus)
+        self.remote = self.ray.remote(num_cpus=1)(ray_point_task)
+        self.chunk = max(1, int(chunk))
+        self.threads = int(threads)
+        self.agent_specs = [(n, str(Path(p).resolve()) if Path(p).exists() or Path(p + ".zip").exists() else p)
+                            for n, p in (agents or {}).items()]
+        self.pending: dict[str, tuple[dict, list]] = {}
+        self.tasks = 0
+
+    def submit(self, scn: dict, plan: dict, seeds: list[int]) -> None:
+        plan = dict(plan)
+        if plan.get("trace"):
+            plan["trace"] = str(Path(plan["trace"]).resolve())
+        points = []
+        for label, x, cfg in plan["points"]:
+            refs = [self.remote.remote(scn, plan, label, x, cfg, seeds[i:i + self.chunk], self.agent_specs,
+                                       len(seeds), self.threads) for i in range(0, len(seeds), self.chunk)]
+            self.tasks += len(refs)
+            points.append((label, refs))
+        self.pending[scn["name"]] = (plan, points)
+
+    def gather(self, name: str, on_point=None) -> list[tuple[str, list[dict[str, Any]], list[str]]]:
+        plan, points = self.pending.pop(name)
+        order: dict[str, int] = {}
+        for p in [*plan["policies"], BOUND_NAME, *(n for n, _ in self.agent_specs)]:
+            order.setdefault(p, len(order))
+        out = []
+        for label, refs in points:
+            parts = self.ray.get(refs)
+            recs = [r for part_recs, _ in parts for r in part_recs]
+            recs.sort(key=lambda r: order.get(r["policy"], len(order)))  # stable: seeds stay in order
+            notes: list[str] = []
+            for _, part_notes in parts:
+                notes += [m for m in part_notes if m not in notes]
+            out.append((label, recs, notes))
+            if on_point is not None:
+                on_point(label)
+        return out
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
 
 
 def _bound_note(point_records: list[dict[str, Any]], label: str, notes: list[str]) -> None:
@@ -1029,9 +1150,16 @@ def _scenario_markdown(scn: dict, rows: list[dict[str, Any]], png: str | None, n
 
 
 def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, episodes: int | None = None,
-                  agents: dict[str, str] | None = None, progress: bool = True, only: list[str] | None = None) -> dict[str, Any]:
+                  agents: dict[str, str] | None = None, progress: bool = True, only: list[str] | None = None,
+                  ray: bool = False, ray_address: str | None = None, ray_num_cpus: int | None = None,
+                  ray_chunk: int = 8, threads: int = 1) -> dict[str, Any]:
     """Run every scenario of ``scenarios`` (YAML) and write ``episodes.csv``, ``summary.csv``, ``report.md``,
-    ``meta.json`` and one PNG per scenario to ``out_dir``.  Returns a dict with records, summary and paths."""
+    ``meta.json`` and one PNG per scenario to ``out_dir``.  Returns a dict with records, summary and paths.
+
+    With ``ray`` (or ``ray_address``) the sweep scenarios run as Ray tasks (:class:`RayPointRunner`: one per
+    scenario point and chunk of ``ray_chunk`` seeds; ``threads`` torch threads each) on a local Ray instance
+    of ``ray_num_cpus`` CPUs or the cluster at ``ray_address``; real-model (``hf_accuracy``) scenarios run in
+    this process meanwhile.  The outputs are the same as without Ray."""
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -1065,32 +1193,58 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
           f"Scenarios `{scenarios}`; every policy and agent runs on the same seeded episodes "
           f"(common random numbers); figures show the mean and a 95% Student-t confidence interval over episodes.", ""]
     files = {}
-    with tqdm(total=sum(units(s) for s in scns), desc="compare", unit="run", disable=not progress) as bar:
-        for scn in scns:
-            ts = time.perf_counter()
-            seeds = [seed0 + i for i in range(n_eps(scn))]
-            notes: list[str] = []
-            if scn.get("kind") == "hf_accuracy":
-                recs = run_hf_accuracy_scenario(scn, seeds, bar, notes, base_dir)
-            else:
-                recs = run_sweep_scenario(scn, seeds, loaded, bar, notes, base_dir, out_dir)
-            rows = summarize_records(recs)
-            png = None
-            if rows:
-                png_path = out_dir / f"{scn['name']}.png"
-                (plot_hf_accuracy if scn.get("kind") == "hf_accuracy" else plot_scenario)(scn, rows, png_path)
-                files[scn["name"]] = png_path
-                png = png_path.name
-            n, fails = siftmoe_dominance(recs)
-            if n:
-                notes.append(f"per-episode check: siftmoe used no more energy than {n - len(fails)} of {n} "
-                             f"(policy, episode) pairs that met every step's constraints"
-                             + (f"; FAILURES: {fails[:3]}" if fails else ""))
-            notes.append(f"{len(seeds)} episodes per point, seeds {seeds[0]}..{seeds[-1]}; "
-                         f"{time.perf_counter() - ts:.1f} s")
-            md.append(_scenario_markdown(scn, rows, png, notes))
-            all_records += recs
-            all_summary += rows
+    runner = None
+    prepared: dict[str, tuple[dict | None, list[str]]] = {}
+    ray_tasks = 0
+    try:
+        if ray or ray_address:  # submit every sweep scenario first, so Ray is busy while we gather in order
+            runner = RayPointRunner(ray_address, ray_num_cpus, ray_chunk, threads, agents)
+            for scn in scns:
+                if scn.get("kind") != "hf_accuracy":
+                    pnotes: list[str] = []
+                    plan = prepare_sweep_scenario(scn, pnotes, base_dir, out_dir)
+                    prepared[scn["name"]] = (plan, pnotes)
+                    if plan is not None:
+                        runner.submit(scn, plan, [seed0 + i for i in range(n_eps(scn))])
+            ray_tasks = runner.tasks
+        with tqdm(total=sum(units(s) for s in scns), desc="compare", unit="run", disable=not progress) as bar:
+            for scn in scns:
+                ts = time.perf_counter()
+                seeds = [seed0 + i for i in range(n_eps(scn))]
+                notes: list[str] = []
+                if scn.get("kind") == "hf_accuracy":
+                    recs = run_hf_accuracy_scenario(scn, seeds, bar, notes, base_dir)
+                elif runner is not None:
+                    plan, notes = prepared[scn["name"]]
+                    if plan is None:
+                        bar.update(units(scn))
+                        recs = []
+                    else:
+                        per_point = units(scn) // max(len(plan["points"]), 1)
+                        recs = finish_sweep_scenario(runner.gather(scn["name"], lambda _l: bar.update(per_point)),
+                                                     seeds, notes)
+                else:
+                    recs = run_sweep_scenario(scn, seeds, loaded, bar, notes, base_dir, out_dir)
+                rows = summarize_records(recs)
+                png = None
+                if rows:
+                    png_path = out_dir / f"{scn['name']}.png"
+                    (plot_hf_accuracy if scn.get("kind") == "hf_accuracy" else plot_scenario)(scn, rows, png_path)
+                    files[scn["name"]] = png_path
+                    png = png_path.name
+                n, fails = siftmoe_dominance(recs)
+                if n:
+                    notes.append(f"per-episode check: siftmoe used no more energy than {n - len(fails)} of {n} "
+                                 f"(policy, episode) pairs that met every step's constraints"
+                                 + (f"; FAILURES: {fails[:3]}" if fails else ""))
+                notes.append(f"{len(seeds)} episodes per point, seeds {seeds[0]}..{seeds[-1]}; "
+                             f"{time.perf_counter() - ts:.1f} s")
+                md.append(_scenario_markdown(scn, rows, png, notes))
+                all_records += recs
+                all_summary += rows
+    finally:
+        if runner is not None:
+            runner.close()
     wall = time.perf_counter() - t0
     paths = {"episodes_csv": out_dir / "episodes.csv", "summary_csv": out_dir / "summary.csv",
              "markdown": out_dir / "report.md", "meta": out_dir / "meta.json", **{f"png:{k}": v for k, v in files.items()}}
@@ -1102,7 +1256,8 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
     n, fails = siftmoe_dominance(all_records)
     meta = {"scenarios": str(scenarios), "episodes": episodes, "agents": agents or {}, "wall_seconds": wall,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
-            "dominance_checks": n, "dominance_failures": fails}
+            "dominance_checks": n, "dominance_failures": fails,
+            "ray": bool(ray or ray_address), "ray_address": ray_address, "ray_tasks": ray_tasks}
     atomic_write_json(paths["meta"], meta)
     return {"records": all_records, "summary": all_summary, "paths": paths, "wall_seconds": wall,
             "dominance": (n, fails)}
@@ -1154,6 +1309,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (agents, real model)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--replot", action="store_true", help="only re-render the PNGs of --out from its summary.csv")
+    ap.add_argument("--ray", action="store_true",
+                    help="run every (scenario point, chunk of seeds) as a Ray task on a local Ray instance "
+                         "(needs the ray extra: pip install -e \".[ray]\"); same outputs as without --ray")
+    ap.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="join an existing Ray cluster (auto, or HOST:6379 from `ray start --head`); implies --ray")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    ap.add_argument("--ray-chunk", type=int, default=8, help="seeds per Ray task (default 8)")
     args = ap.parse_args(argv)
     if args.replot:
         for p in replot(args.scenarios, args.out):
@@ -1167,8 +1329,17 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, args.threads))
     except ImportError:  # pragma: no cover
         pass
+    if args.ray_chunk < 1:
+        ap.error("--ray-chunk must be >= 1")
+    if args.ray or args.ray_address:
+        from .ray_utils import ray_missing_reason
+
+        reason = ray_missing_reason()
+        if reason:
+            ap.error(f"--ray: {reason}")
     res = run_benchmark(args.scenarios, args.out, episodes=args.episodes, agents=_parse_agents(args.agent),
-                        progress=not args.no_progress, only=args.only)
+                        progress=not args.no_progress, only=args.only, ray=args.ray, ray_address=args.ray_address,
+                        ray_num_cpus=args.num_cpus, ray_chunk=args.ray_chunk, threads=max(1, args.threads))
     n, fails = res["dominance"]
     print(f"wrote {args.out}: {len(res['records'])} episode records, {len(res['summary'])} summary rows, "
           f"{sum(1 for k in res['paths'] if k.startswith('png:'))} plots in {res['wall_seconds']:.1f} s; "
