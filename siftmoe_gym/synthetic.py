@@ -11,10 +11,25 @@ Used when no real model trace is at hand.  Per layer:
   experts tend to be co-selected;
 - hidden states drawn around ``topic_count`` topic directions shared by all
   layers of a token (so routing correlates across layers), with log-normal
-  norms.
+  norms: ``x = sqrt(d) e^{0.25 z} v / ||v||`` with ``v = 1.5 t + n / sqrt(d)``
+  for the token's topic direction ``t``, ``n ~ N(0, I_d)`` and ``z ~ N(0, 1)``
+  (:meth:`SyntheticMoE.hidden_states`).
 
 ``Delta`` and ``sigma`` are never written by hand: they are measured from
 these experts on calibration hidden states by :mod:`siftmoe_gym.similarity`.
+
+The token stream of the environments (:meth:`SyntheticMoE.sample_routing`)
+applies the routers to hidden states drawn from exactly that distribution,
+but draws only what the routers and the norm see: the router of a layer
+reads ``x`` through its ``N`` rows, so in an orthonormal frame made of a basis
+``Q`` of the router's row space, the unit direction of the topic's part
+outside it, and the rest, ``n`` splits into ``N + 1`` coordinates that move
+the router (drawn), and ``d - N - 1`` coordinates that only enter ``||v||``
+through their squared sum, a chi-square variable with ``d - N - 1`` degrees
+of freedom (drawn as one number).  The router scores, top-k, gates and norms
+then have exactly the distribution :meth:`hidden_states` followed by the
+routers gives (when ``N + 1 >= d`` all ``d`` coordinates are drawn), with
+``N + 3`` random numbers per token and layer instead of ``d + 1``.
 """
 
 from __future__ import annotations
@@ -90,10 +105,115 @@ class SyntheticMoE:
             router = 3.0 * rdir
             bias = m.popularity_skew * rng.standard_normal(n)
             self.layers.append(SyntheticLayer(w1, w2, router, bias, cluster_of))
+        self._routing_frame()
+
+    def _routing_frame(self) -> None:
+        """Per layer, the router's coordinates of the hidden-state distribution (see the module docstring).
+
+        ``noise_dims`` normals per token and layer (``r0 = min(N, d)`` router
+        coordinates, plus the topic's out-of-router-space coordinate when
+        ``r0 < d``), ``chi2_df`` degrees of freedom left for the rest;
+        ``_tau[l, c]`` is topic ``c`` in layer ``l``'s coordinates times 1.5
+        and ``_proj[l]`` (r0, N) maps router coordinates to logits (router
+        temperature folded in).
+        """
+        cfg = self.config
+        n, dm, nl = cfg.num_experts, cfg.model.model_dim, cfg.num_layers
+        r0 = min(n, dm)
+        extra = r0 < dm
+        self.noise_dims = r0 + 1 if extra else dm
+        self.chi2_df = dm - self.noise_dims
+        self._r0 = r0
+        temp = cfg.model.router_temperature
+        self._tau = np.zeros((nl, len(self.topics), self.noise_dims))
+        self._proj = np.empty((nl, r0, n))
+        self._bias_t = np.empty((nl, n))
+        for l, lay in enumerate(self.layers):
+            # rows of vt: an orthonormal basis of (a space holding) the router's row space
+            q = np.linalg.svd(lay.router, full_matrices=False)[2] if extra else np.eye(dm)
+            c = self.topics @ q.T  # (topics, r0)
+            self._tau[l, :, :r0] = 1.5 * c
+            if extra:
+                self._tau[l, :, r0] = 1.5 * np.linalg.norm(self.topics - c @ q, axis=1)
+            self._proj[l] = (q @ lay.router.T) / temp
+            self._bias_t[l] = lay.bias / temp
+        # |logit| <= (max row norm + |bias|) / temp: softmax needs no max subtraction when that is small
+        bound = (np.linalg.norm(np.stack([lay.router for lay in self.layers]), axis=-1).max()
+                 + np.abs(self._bias_t * temp).max()) / temp
+        self._safe_exp = bool(bound < 300.0)
+
+    # ------------------------------------------------------- routing stream
+    def routing_draw_sizes(self, num_tokens: int) -> tuple[int, int, int]:
+        """(uniforms, normals, chi-square numbers) :meth:`sample_routing` draws for ``num_tokens`` tokens."""
+        tl = num_tokens * self.config.num_layers
+        return num_tokens, tl * (self.noise_dims + 1), tl if self.chi2_df > 0 else 0
+
+    def topics_from_uniform(self, u: np.ndarray) -> np.ndarray:
+        """Topic indices from uniforms in [0, 1) (each topic with probability 1 / topic_count)."""
+        c = len(self.topics)
+        return np.minimum((u * c).astype(np.int64), c - 1)
+
+    def draw_chi2(self, rng: np.random.Generator, size: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        """``size`` chi-square numbers with ``chi2_df`` degrees of freedom, as ``2 * Gamma(df / 2)``
+        (``out`` receives the gamma variates; :meth:`routing` doubles them)."""
+        if not size:
+            return None
+        return rng.standard_gamma(0.5 * self.chi2_df, size=None if out is not None else size, out=out)
+
+    def sample_routing(self, rng: np.random.Generator, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """Router probabilities (T, L, N) and hidden-state norms (T, L) of ``num_tokens`` fresh tokens.
+
+        Draws, in order: ``T`` uniforms (topics), the normals, the chi-square
+        numbers (:meth:`routing_draw_sizes`); the same distribution as
+        :meth:`hidden_states` followed by :meth:`all_router_probs`.
+        """
+        nu, nz, ng = self.routing_draw_sizes(num_tokens)
+        topic = self.topics_from_uniform(rng.random(nu))
+        z = rng.standard_normal(nz)
+        g = self.draw_chi2(rng, ng)
+        probs, norms = self.routing(topic[None], z[None], None if g is None else g[None])
+        return probs[0], norms[0]
+
+    def routing(self, topic: np.ndarray, z: np.ndarray, gam: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Router probabilities (B, T, L, N) and norms (B, T, L) from the raw draws of B token streams.
+
+        ``topic`` (B, T) indices, ``z`` (B, T*L*(noise_dims+1)) normals (the
+        router coordinates, then the log-norm normals), ``gam`` (B, T*L) the
+        gamma variates of :meth:`draw_chi2` (None when ``chi2_df == 0``).
+        Every row is computed on its own with the same operations whatever
+        ``B`` is (the matrix products are one (T, r0) @ (r0, N) product per
+        stream and layer), so a batch gives each stream its own numbers bit
+        for bit.
+        """
+        cfg = self.config
+        b, t = topic.shape
+        nl, r, dm, r0 = cfg.num_layers, self.noise_dims, cfg.model.model_dim, self._r0
+        n_a = t * nl * r
+        y = np.multiply(z[:, :n_a], 1.0 / np.sqrt(dm)).reshape(b, t, nl, r)
+        y += self._tau[np.arange(nl), topic[:, :, None]]  # (B, T, L, r): 1.5 t + n / sqrt(d), router frame
+        sq = np.add.reduce(y * y, axis=-1)
+        if gam is not None:
+            sq += gam.reshape(b, t, nl) * (2.0 / dm)
+        inv = 1.0 / np.sqrt(sq)  # 1 / ||v||
+        logits = np.empty((b, t, nl, cfg.num_experts))
+        for l in range(nl):
+            logits[:, :, l] = np.matmul(y[:, :, l, :r0], self._proj[l])  # one (T, r0) @ (r0, N) per stream
+        logits *= inv[..., None]
+        logits += self._bias_t
+        if not self._safe_exp:
+            logits -= logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        e /= e.sum(axis=-1, keepdims=True)
+        norms = np.sqrt(dm) * np.exp(0.25 * z[:, n_a:].reshape(b, t, nl))
+        return e, norms
 
     # ----------------------------------------------------------- token stream
     def hidden_states(self, rng: np.random.Generator, num_tokens: int) -> np.ndarray:
-        """Hidden states (T, L, dm): a topic per token shared across layers."""
+        """Hidden states (T, L, dm): a topic per token shared across layers (calibration, tests).
+
+        The environments' token stream draws the routers' view of the same
+        distribution directly (:meth:`sample_routing`).
+        """
         cfg = self.config
         dm = cfg.model.model_dim
         topic = rng.integers(0, len(self.topics), size=num_tokens)

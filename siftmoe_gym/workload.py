@@ -6,7 +6,8 @@ workload samples :class:`TokenBatch` es (router probabilities, top-k, gates
 and hidden-state norms per token and layer) from an episode's generator.
 
 - :class:`SyntheticWorkload`: the synthetic model's own routers applied to
-  freshly drawn hidden states, so scores, norms and similarity agree;
+  freshly drawn hidden states (drawn in the routers' coordinates, see
+  :mod:`siftmoe_gym.synthetic`), so scores, norms and similarity agree;
 - :class:`TraceWorkload`: windows of a recorded trace (see
   :mod:`siftmoe_gym.tracefile`), starting at a random offset.
 """
@@ -78,10 +79,11 @@ class SyntheticWorkload:
         )
 
     def sample(self, rng: np.random.Generator, num_tokens: int) -> TokenBatch:
-        x = self.model.hidden_states(rng, num_tokens)
-        probs = self.model.all_router_probs(x)
+        """The routing of ``num_tokens`` fresh tokens (:meth:`SyntheticMoE.sample_routing`: the routers on
+        hidden states drawn as :meth:`SyntheticMoE.hidden_states` draws them, through their own view)."""
+        probs, norms = self.model.sample_routing(rng, num_tokens)
         topk, gates = topk_gates(probs, self.config.top_k, self.config.renormalize_gates)
-        return TokenBatch(probs, topk, gates, np.linalg.norm(x, axis=-1))
+        return TokenBatch(probs, topk, gates, norms)
 
 
 class TraceWorkload:

@@ -71,7 +71,7 @@ def test_exact_prefill_equals_onehot_program_and_bounds_hold():
                          "compute_energy_j": 2e-5}, 8)]
     gaps = []
     for system, t in _systems(specs):
-        for _ in range(5):
+        for _ in range(8):  # 16 blocks: about half are feasible, whatever the token stream
             inst = _block(system, t, rng, scale=rng.uniform(0.5, 2.0))
             ex = solve_prefill_exact(inst)
             oh = milp_prefill_onehot(inst)
@@ -94,7 +94,7 @@ def test_fast_prefill_is_exact_on_tiny_blocks_often_and_never_below_optimum():
     rng = np.random.default_rng(5)
     exact_hits = total = 0
     for system, t in _systems(TINY):
-        for _ in range(10):
+        for _ in range(16):  # 64 blocks: about half are feasible, whatever the token stream
             inst = _block(system, t, rng)
             bf = brute_force_prefill(inst)
             fast = solve_prefill_fast(inst)

@@ -165,3 +165,47 @@ def test_system_from_trace_file(tmp_path):
     tok = s.sample_tokens(np.random.default_rng(0), 5)
     np.testing.assert_allclose(tok.gates, np.take_along_axis(tok.probs, tok.topk, -1))
     assert s.profile.source == "trace:syn"
+
+
+@pytest.mark.parametrize("shape", [{}, {"num_experts": 40}, {"model": {"model_dim": 16}}])
+def test_routing_frame_is_the_hidden_state_model(shape):
+    """The token stream draws hidden states in the routers' coordinates: fed the coordinates of full
+    hidden-state noise, it gives the routers' probabilities on those hidden states and their norms."""
+    cfg = SystemConfig.from_dict({"num_layers": 2, "model": {"calibration_tokens": 16}, **shape})
+    m = SyntheticMoE(cfg)
+    dm, nl, r, r0 = cfg.model.model_dim, cfg.num_layers, m.noise_dims, min(cfg.num_experts, cfg.model.model_dim)
+    assert m.chi2_df == dm - r and (r == min(cfg.num_experts + 1, dm))
+    rng = np.random.default_rng(3)
+    t = 50
+    topic = rng.integers(0, len(m.topics), t)
+    n = rng.standard_normal((t, nl, dm))
+    z = rng.standard_normal((t, nl))
+    x = 1.5 * m.topics[topic][:, None] + n / np.sqrt(dm)  # SyntheticMoE.hidden_states, by hand
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    x *= (np.sqrt(dm) * np.exp(0.25 * z))[..., None]
+    a, rest = np.empty((t, nl, r)), np.empty((t, nl))
+    for l, lay in enumerate(m.layers):  # n in layer l's frame: router row space, the topic's remainder, the rest
+        q = np.linalg.svd(lay.router, full_matrices=False)[2] if r0 < dm else np.eye(dm)
+        a[:, l, :r0] = n[:, l] @ q.T
+        if r0 < dm:
+            res = m.topics[topic] - (m.topics[topic] @ q.T) @ q
+            a[:, l, r0] = np.sum(n[:, l] * res / np.linalg.norm(res, axis=1, keepdims=True), axis=1)
+        rest[:, l] = np.sum(n[:, l] ** 2, axis=1) - np.sum(a[:, l] ** 2, axis=1)
+    gam = (rest.reshape(1, -1) / 2.0) if m.chi2_df else None
+    probs, norms = m.routing(topic[None], np.concatenate([a.ravel(), z.ravel()])[None], gam)
+    np.testing.assert_allclose(probs[0], m.all_router_probs(x), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(norms[0], np.linalg.norm(x, axis=-1), rtol=1e-12)
+
+
+def test_token_stream_matches_hidden_state_sampling_in_distribution():
+    """Routing statistics of the stream and of full hidden states agree (1,500 tokens each)."""
+    t = 1500
+    tb = WL.sample(np.random.default_rng(11), t)
+    x = WL.model.hidden_states(np.random.default_rng(12), t)
+    probs = WL.model.all_router_probs(x)
+    topk, _ = topk_gates(probs, CFG.top_k, CFG.renormalize_gates)
+    np.testing.assert_allclose(tb.probs.mean(axis=0), probs.mean(axis=0), atol=0.02)
+    freq = lambda tk: np.stack([np.bincount(tk[:, l].ravel(), minlength=8) for l in range(3)]) / (2 * t)  # noqa: E731
+    np.testing.assert_allclose(freq(tb.topk), freq(topk), atol=0.03)
+    np.testing.assert_allclose(np.quantile(tb.norms, [0.1, 0.5, 0.9]),
+                               np.quantile(np.linalg.norm(x, axis=-1), [0.1, 0.5, 0.9]), rtol=0.05)

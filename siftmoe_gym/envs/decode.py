@@ -188,6 +188,12 @@ class DecodeEnv(SiftMoEEnv):
     - v0 (unreleased revision): node-set actions pay every activated node
       (used or not) and its latency violation; the latency term became
       ``penalty_latency * (1 + violation / tau)`` with default 50.
+    - v0 (unreleased revision): the synthetic workload draws each token's
+      hidden state in its routers' coordinates (``N + 1`` normals and one
+      chi-square number per layer instead of ``d``; the same distribution of
+      router scores, top-k, gates and norms, see :mod:`siftmoe_gym.synthetic`),
+      and an episode's uniforms, normals and chi-square numbers are drawn in
+      one call each: the same seed gives different episodes than before.
     """
 
     setting = "decode"

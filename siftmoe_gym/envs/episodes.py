@@ -10,9 +10,10 @@ rows there are.  The single environment calls the same functions with one
 generator, so a copy seeded with ``seed + i`` replays the single environment
 seeded with ``seed + i`` bit for bit.
 
-Consecutive ``standard_normal`` calls of one generator return the same
-numbers as one call of the summed size, which is what lets the per-copy
-draws be merged into a few calls.
+Each copy draws its episode in three calls of its generator (uniforms,
+normals, chi-square numbers: :func:`draw_raw`); the synthetic workload draws
+hidden states in its routers' coordinates (:mod:`siftmoe_gym.synthetic`), so
+an episode of the default system takes about 1,400 random numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..synthetic import softmax, topk_gates
+from ..synthetic import topk_gates
 from ..workload import SyntheticWorkload, TokenBatch
 
 
@@ -35,46 +36,68 @@ def _fading_from_normals(system, z: np.ndarray, lead: tuple[int, ...]) -> np.nda
     return proc.power
 
 
-def sample_tokens_batch(system, rngs: Sequence[np.random.Generator], num_tokens: int, draws: list | None = None) -> TokenBatch:
-    """:meth:`WideSystem.sample_tokens` for every generator, stacked: arrays (B, T, L, ...).
-
-    For the synthetic workload the raw draws are taken per generator (or
-    taken from ``draws``, a list of ``(topics, normals)`` already drawn) and
-    the model is evaluated for all copies at once; trace workloads sample
-    per copy.
-    """
-    wl = system.workload
-    b = len(rngs)
-    if not isinstance(wl, SyntheticWorkload):
-        toks = [wl.sample(rng, num_tokens) for rng in rngs]
-        return TokenBatch(*(np.stack([getattr(t, f) for t in toks]) for f in ("probs", "topk", "gates", "norms")))
-    model = wl.model
+def tokens_from_draws(system, topic: np.ndarray, z: np.ndarray, gam: np.ndarray | None) -> TokenBatch:
+    """The synthetic workload's tokens (B, T, L, ...) from every copy's raw draws (see :func:`draw_raw`)."""
     cfg = system.config
-    nl, dm, t = cfg.num_layers, cfg.model.model_dim, num_tokens
-    n_noise = t * nl * dm
-    if draws is None:
-        draws = _token_draws(system, rngs, t)
-    if isinstance(draws, tuple):
-        topic, z = draws  # (B, T), (B, T*L*(dm+1))
-    else:
-        topic = np.stack([d[0] for d in draws])
-        z = np.stack([d[1] for d in draws])
-    # SyntheticMoE.hidden_states, for all copies
-    x = np.divide(z[:, :n_noise].reshape(b, t, nl, dm), np.sqrt(dm))  # noise
-    np.add(1.5 * model.topics[topic][:, :, None, :], x, out=x)  # base + noise
-    x /= _norm(x)[..., None]
-    scale = np.sqrt(dm) * np.exp(0.25 * z[:, n_noise:].reshape(b, t, nl, 1))
-    x *= scale
-    norms = _norm(x)  # (B, T, L): also each layer's norm below (same rows, same sums)
-    # SyntheticMoE.all_router_probs: one (T, dm) @ (dm, N) product per copy and layer, as the single env does
-    logits = np.empty((b, t, nl, cfg.num_experts))
-    temp = cfg.model.router_temperature
-    for lay_i, lay in enumerate(model.layers):
-        u = x[:, :, lay_i] / np.maximum(norms[:, :, lay_i, None], 1e-300)
-        logits[:, :, lay_i] = (np.matmul(u, lay.router.T) + lay.bias) / temp
-    probs = softmax(logits)  # row by row: the same numbers as one softmax per layer
+    probs, norms = system.workload.model.routing(topic, z, gam)  # row by row (SyntheticMoE.routing)
     topk, gates = _topk_gates(probs, cfg.top_k, cfg.renormalize_gates)
     return TokenBatch(probs, topk, gates, norms)
+
+
+def sample_tokens_batch(system, rngs: Sequence[np.random.Generator], num_tokens: int) -> TokenBatch:
+    """:meth:`WideSystem.sample_tokens` for every generator, stacked: arrays (B, T, L, ...)."""
+    return draw_raw(system, rngs, num_tokens, 0)["tokens"]
+
+
+def draw_raw(system, rngs: Sequence[np.random.Generator], num_tokens: int, n_fading: int,
+             states: list | None = None) -> dict[str, Any]:
+    """Every copy's random numbers for one episode, drawn from its own generator, and its tokens.
+
+    Per generator, in order: one ``random`` call (the ``M`` distances unless
+    ``distances_m`` is fixed, then the synthetic workload's ``T`` topic
+    uniforms), one ``standard_normal`` call (``n_fading`` fading normals,
+    then the workload's normals), one ``standard_gamma`` call (the
+    workload's chi-square numbers, when it has any); a trace workload then
+    samples its window.  ``rngs`` may repeat one generator (consecutive
+    episodes); ``states`` receives each generator's state after its draws.
+    Returns ``distances`` (B, M), ``fading_normals`` (B, n_fading) and
+    ``tokens`` (a :class:`TokenBatch` of arrays (B, T, L, ...)).
+    """
+    cfg = system.config
+    wl = system.workload
+    b, m = len(rngs), cfg.num_nodes
+    synthetic = isinstance(wl, SyntheticWorkload)
+    fixed = cfg.distances_m is not None
+    n_dist = 0 if fixed else m
+    nu, nz, ng = wl.model.routing_draw_sizes(num_tokens) if synthetic else (0, 0, 0)
+    u = np.empty((b, n_dist + nu))
+    z = np.empty((b, n_fading + nz))
+    gam = np.empty((b, ng)) if ng else None
+    shape = 0.5 * wl.model.chi2_df if synthetic else 0.0
+    toks = []
+    for i, rng in enumerate(rngs):
+        if u.shape[1]:
+            rng.random(out=u[i])
+        if z.shape[1]:
+            rng.standard_normal(out=z[i])
+        if gam is not None:
+            rng.standard_gamma(shape, out=gam[i])
+        if not synthetic:
+            toks.append(wl.sample(rng, num_tokens))
+        if states is not None:
+            states.append(rng.bit_generator.state)
+    if fixed:
+        distances = np.empty((b, m))
+        distances[:] = np.asarray(cfg.distances_m, dtype=np.float64)
+    else:
+        lo, hi = cfg.distance_range_m
+        distances = lo + (hi - lo) * u[:, :m]  # rng.uniform(lo, hi)'s formula
+    if synthetic:
+        topic = wl.model.topics_from_uniform(u[:, n_dist:])
+        tokens = tokens_from_draws(system, topic, z[:, n_fading:], gam)
+    else:
+        tokens = TokenBatch(*(np.stack([getattr(t, f) for t in toks]) for f in ("probs", "topk", "gates", "norms")))
+    return {"distances": distances, "fading_normals": z[:, :n_fading], "tokens": tokens}
 
 
 def _topk_gates(probs: np.ndarray, k: int, renormalize: bool):
@@ -111,93 +134,31 @@ def _topk_gates(probs: np.ndarray, k: int, renormalize: bool):
     return topk.astype(np.int64).reshape(lead + (k,)), gates.reshape(lead + (k,))
 
 
-def _norm(x: np.ndarray) -> np.ndarray:
-    """``np.linalg.norm(x, axis=-1)`` for real ``x``, without its extra copy (the same sums, bit for bit)."""
-    return np.sqrt(np.add.reduce(x * x, axis=-1))
-
-
-def _token_draws(system, rngs, t: int) -> list:
-    wl = system.workload
-    if not isinstance(wl, SyntheticWorkload):
-        return []
-    cfg = system.config
-    n_topics = len(wl.model.topics)
-    size = t * cfg.num_layers * (cfg.model.model_dim + 1)
-    return [(rng.integers(0, n_topics, size=t), rng.standard_normal(size)) for rng in rngs]
-
-
 def draw_decode_episodes(system, rngs: Sequence[np.random.Generator], num_tokens: int, states: list | None = None) -> dict[str, Any]:
-    """Batched ``draw_decode_episode``: distances, slow fading, tokens per generator (that order).
+    """Batched ``draw_decode_episode``: distances, slow fading (once), tokens (:func:`draw_raw`).
 
     ``rngs`` may repeat one generator (consecutive episodes of one
     environment); ``states``, when given, receives each generator's
     ``bit_generator.state`` right after that copy's draws.
     """
-    cfg = system.config
-    b, m = len(rngs), cfg.num_nodes
-    distances = np.empty((b, m))
-    fad_z = np.empty((b, 2 * m))
-    draws = []
-    synthetic = isinstance(system.workload, SyntheticWorkload)
-    fixed = cfg.distances_m is not None
-    lo, hi = cfg.distance_range_m
-    if fixed:
-        distances[:] = np.asarray(cfg.distances_m, dtype=np.float64)
-    if synthetic:
-        n_topics = len(system.workload.model.topics)
-        size = num_tokens * cfg.num_layers * (cfg.model.model_dim + 1)
-        topic = np.empty((b, num_tokens), dtype=np.int64)
-        z = np.empty((b, size))
-        draws = (topic, z)
-    fading = cfg.fading != "none"
-    for i, rng in enumerate(rngs):
-        if not fixed:
-            distances[i] = rng.uniform(lo, hi, size=m)
-        if fading:
-            rng.standard_normal(out=fad_z[i])
-        if synthetic:
-            topic[i] = rng.integers(0, n_topics, size=num_tokens)
-            rng.standard_normal(out=z[i])
-        if states is not None:
-            states.append(rng.bit_generator.state)
-    tokens = sample_tokens_batch(system, rngs, num_tokens, draws if synthetic else None)
-    fad = _fading_from_normals(system, fad_z, (b,))
+    m = system.config.num_nodes
+    fading = system.config.fading != "none"
+    raw = draw_raw(system, rngs, num_tokens, 2 * m if fading else 0, states)
+    distances = raw["distances"]
+    fad = _fading_from_normals(system, raw["fading_normals"], (len(rngs),))
     gains = system.gains(distances, fad)
     cost, feas, viol = system.node_costs(gains)
-    return {"distances": distances, "gains": gains, "tokens": tokens, "cost": cost, "feas": feas, "viol": viol}
+    return {"distances": distances, "gains": gains, "tokens": raw["tokens"], "cost": cost, "feas": feas, "viol": viol}
 
 
 def draw_fastfading_episodes(system, rngs: Sequence[np.random.Generator], num_tokens: int, states: list | None = None) -> dict[str, Any]:
     """Batched ``draw_fastfading_episode``: distances, fading of every token (Gauss-Markov), tokens."""
     cfg = system.config
     b, m, t = len(rngs), cfg.num_nodes, num_tokens
-    distances = np.empty((b, m))
-    fad_z = np.empty((b, t, 2 * m))
-    draws = []
-    synthetic = isinstance(system.workload, SyntheticWorkload)
-    fixed = cfg.distances_m is not None
-    lo, hi = cfg.distance_range_m
-    if fixed:
-        distances[:] = np.asarray(cfg.distances_m, dtype=np.float64)
-    if synthetic:
-        n_topics = len(system.workload.model.topics)
-        size = t * cfg.num_layers * (cfg.model.model_dim + 1)
-        topic = np.empty((b, t), dtype=np.int64)
-        z = np.empty((b, size))
-        draws = (topic, z)
     fading = cfg.fading != "none"
-    fz = fad_z.reshape(b, -1)
-    for i, rng in enumerate(rngs):
-        if not fixed:
-            distances[i] = rng.uniform(lo, hi, size=m)
-        if fading:
-            rng.standard_normal(out=fz[i])
-        if synthetic:
-            topic[i] = rng.integers(0, n_topics, size=t)
-            rng.standard_normal(out=z[i])
-        if states is not None:
-            states.append(rng.bit_generator.state)
-    tokens = sample_tokens_batch(system, rngs, t, draws if synthetic else None)
+    raw = draw_raw(system, rngs, t, t * 2 * m if fading else 0, states)
+    distances = raw["distances"]
+    fad_z = raw["fading_normals"].reshape(b, t, 2 * m) if fading else None
     proc = system.fading_process((b, m))
     fading_p = np.empty((b, t, m))
     if fading:
@@ -210,7 +171,7 @@ def draw_fastfading_episodes(system, rngs: Sequence[np.random.Generator], num_to
         fading_p[:, k] = proc.power
     gains = system.gains(distances[:, None, :], fading_p)
     cost, feas, viol = system.node_costs(gains)  # (B, T, M+1)
-    return {"distances": distances, "gains": gains, "tokens": tokens, "cost": cost, "feas": feas, "viol": viol}
+    return {"distances": distances, "gains": gains, "tokens": raw["tokens"], "cost": cost, "feas": feas, "viol": viol}
 
 
 def episode_row(ep: dict[str, Any], i: int) -> dict[str, Any]:

@@ -114,6 +114,11 @@ class PrefillEnv(SiftMoEEnv):
     - v0 (unreleased revision): node-set actions load and pay every activated
       node (used or not) and its latency overrun; the latency term became
       ``penalty_latency * (1 + d_violation / tau_p)`` with default 50.
+    - v0 (unreleased revision): the synthetic workload draws each token's
+      hidden state in its routers' coordinates (``N + 1`` normals and one
+      chi-square number per layer instead of ``d``; the same distribution of
+      router scores, top-k, gates and norms, see :mod:`siftmoe_gym.synthetic`;
+      topics from uniforms): the same seed gives different episodes than before.
     """
 
     setting = "prefill"
