@@ -39,15 +39,14 @@ from .policy import AgentPolicy
 
 QUICK = {
     "env_id": "siftmoe_gym/Decode-v0",
-    "algo": "ppo_mask",
-    "steps": 60_000,
-    "n_envs": 8,
+    "algo": "ppo",
+    "steps": 400_000,
+    "n_envs": 32,
     "eval_episodes": 8,
-    "eval_freq": 10_000,
+    "eval_freq": 100_000,
 }
-"""Settings of ``train.py --quick`` (about 1-2 minutes on 2 CPU cores).  MaskablePPO: with the latency
-mask it reaches the SiftMoE optimum on Decode-v0 within this budget, while unmasked PPO settles on
-activating every node (see docs/training.md, "What to expect")."""
+"""Settings of ``train.py --quick`` (about 2 minutes on 2 CPU cores): PPO on the native vectorized
+Decode-v0 (32 copies); see docs/training.md for how far it gets from the optimum."""
 
 BASELINE_KWARGS = {"random-within-budget": {"seed": 0}}
 """Options making every baseline reproducible on the evaluation seeds."""
