@@ -40,12 +40,12 @@ from .policy import AgentPolicy
 QUICK = {
     "env_id": "siftmoe_gym/Decode-v0",
     "algo": "ppo",
-    "steps": 400_000,
+    "steps": 800_000,
     "n_envs": 32,
     "eval_episodes": 8,
     "eval_freq": 100_000,
 }
-"""Settings of ``train.py --quick`` (about 2 minutes on 2 CPU cores): PPO on the native vectorized
+"""Settings of ``train.py --quick`` (about 1 minute on 2 CPU cores): PPO on the native vectorized
 Decode-v0 (32 copies); see docs/training.md for how far it gets from the optimum."""
 
 BASELINE_KWARGS = {"random-within-budget": {"seed": 0}}

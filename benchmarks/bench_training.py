@@ -96,7 +96,7 @@ def to_markdown(results, args) -> str:
     lines = [
         f"Command: `{' '.join(sys.argv)}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads "
-        f"{args.threads}, n_envs {args.n_envs or 'from the YAML (8)'}, eval every {args.eval_freq} steps on {args.eval_episodes} seeded episodes.",
+        f"{args.threads}, n_envs {args.n_envs or 'from the YAML'}, eval every {args.eval_freq} steps on {args.eval_episodes} seeded episodes.",
         "",
         "| env | algo | steps | wall (s) | final regret | final err viol. | final any viol. (siftmoe) | steps to final | wall to final (s) | steps to target |",
         "|---|---|---|---|---|---|---|---|---|---|",
