@@ -202,11 +202,13 @@ def write_comparison(rows: list[dict[str, Any]], out_dir: str | os.PathLike, met
     return paths
 
 
-def _savefig(fig, path: Path) -> None:
+def _savefig(fig, path: Path, dpi: int = 110) -> None:
+    """Write ``fig`` to ``path`` atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -1105,15 +1107,7 @@ def plot_hf_accuracy(scn: dict, rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def _savefig_small(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=90, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _savefig(fig, path, dpi=90)
 
 
 def _scenario_markdown(scn: dict, rows: list[dict[str, Any]], png: str | None, notes: list[str]) -> str:
