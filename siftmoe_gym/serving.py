@@ -305,8 +305,18 @@ def solve_decode(
         assign = assign[0]
     else:
         assign = _search_solve(inst, allowed, cap, energy_weight, error_weight)
-    res = inst.evaluate(assign)
-    return DecodeSolution(assign, res.energy_j, float(res.error_bound), bool(_within(res.error_bound, cap)), res.nodes_used)
+    return _solution(inst, assign, cap)
+
+
+def _solution(inst: DecodeInstance, assign: np.ndarray, cap: float) -> DecodeSolution:
+    """Energy, error and nodes of a solver-made assignment (same formulas as ``DecodeInstance.evaluate``)."""
+    n = inst.num_experts
+    experts = np.unique(assign[assign >= 0])
+    used = np.zeros(len(inst.node_cost), dtype=bool)
+    used[inst.node_of[experts]] = True
+    energy = float(inst.node_cost[used].sum() + inst.compute_cost * len(experts))
+    err = float(np.dot(inst.gates, inst.delta_ext[inst.topk, np.where(assign < 0, n, assign)]))
+    return DecodeSolution(assign, energy, err, bool(_within(err, cap)), used)
 
 
 def solve_decode_batch(
