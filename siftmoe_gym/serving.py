@@ -179,7 +179,9 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     keep = w[pg] < skipc[pg]
     kpm, kpg, kpr = pm[keep], pg[keep], pr[keep]
     wk = w[kpg]
-    seg_masks, seg_starts = np.unique(kpm, return_index=True)
+    seg_starts = np.flatnonzero(np.diff(kpm, prepend=-1))  # pairs are sorted by mask
+    seg_masks = kpm[seg_starts]
+    seg_ends = np.append(seg_starts[1:], len(kpm))
     levels = [np.full(size, np.inf)]
     levels[0][0] = 0.0
     minerr = np.full(k + 1, np.inf)
@@ -210,7 +212,8 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
             if prev[mask] <= cur[mask]:
                 c -= 1
                 continue
-            cand = kpg[kpm == mask]
+            seg = int(np.searchsorted(seg_masks, mask))
+            cand = kpg[seg_starts[seg] : seg_ends[seg]]
             g = int(cand[np.argmin(w[cand] + prev[mask ^ cand])])
             slots = (g >> np.arange(k)) & 1 == 1
             assign[slots] = servers[wj[g]]
