@@ -133,9 +133,9 @@ class DecodeEnv(SiftMoEEnv):
     eps_l``, about 40 for skipping every slot of a mean token with
     ``eps_rel = 0.25``): using an infeasible link does not pay, and when no
     feasible decision meets ``eps_l`` the least-error feasible one scores
-    best.  (Measured on 300 default episodes, 38,400 steps: the P1 optimum
-    out-scores or ties every node-set action on 99.84% of steps; with a
-    purely linear accuracy term it was 96.5%.)
+    best.  (Measured on 300 default episodes, 38,400 steps, with
+    ``benchmarks/bench_reward_dominance.py``: the P1 optimum out-scores or
+    ties every node-set action on 99.91% of steps.)
     ``info`` carries the breakdown (``reward_energy``, ``reward_accuracy``,
     ``reward_latency``) and ``energy_j``, ``topk_energy_j``, ``error_bound``,
     ``budget``, ``violation`` (``err > budget``), ``latency_violation`` (s),
