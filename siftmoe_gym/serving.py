@@ -24,8 +24,9 @@ Two exact algorithms:
 - *search* (large, e.g. N=64, k=8): branch and bound over subsets ``U`` of
   allowed edge nodes, ordered by a lower bound, and for each ``U`` a dynamic
   program over subsets of slots that yields, for every number ``c`` of
-  distinct servers, the least error reachable with experts on ``U`` and node
-  0; the objective for ``U`` is then ``min_c`` of the weighted sum.  Every
+  server groups, the least error reachable with experts on ``U`` and node
+  0 (only slot/server pairs better than skipping are used, which prunes most
+  groups); the objective for ``U`` is then ``min_c`` of the weighted sum.  Every
   assignment is covered by the ``U`` of the nodes it uses, so the minimum
   over ``U`` is exact.
 """
@@ -126,7 +127,9 @@ def _table_solve(gates, topk, dext, node_of, node_cost, allowed, cap, compute_co
 # ---------------------------------------------------------------- search method
 @lru_cache(maxsize=16)
 def _slot_subsets(k: int):
-    """Subset/slot incidence (2^k, k) and (mask, group) pairs with group containing mask's lowest slot."""
+    """Subset/slot incidence (2^k, k) and its transpose, each subset's slots, each subset's complement,
+    and the (mask, group) pairs sorted by mask, where the group is a subset of the mask containing its
+    lowest slot (``pr`` = mask minus group)."""
     size = 1 << k
     inc = ((np.arange(size)[:, None] >> np.arange(k)[None, :]) & 1).astype(np.float64)
     pm, pg = [], []
@@ -140,20 +143,36 @@ def _slot_subsets(k: int):
             if sub == 0:
                 break
             sub = (sub - 1) & rest
-    pm, pg = np.array(pm), np.array(pg)
+    pm, pg = np.array(pm, dtype=np.int64), np.array(pg, dtype=np.int64)
     order = np.argsort(pm, kind="stable")
     pm, pg = pm[order], pg[order]
-    starts = np.searchsorted(pm, np.arange(1, size))
-    return inc, pm, pg, pm ^ pg, starts
+    slots = [np.flatnonzero(inc[m]) for m in range(size)]
+    return inc, np.ascontiguousarray(inc.T), slots, np.arange(size)[::-1].copy(), pm, pg, pm ^ pg
+
+
+_BIG = 1e30  # stands for "not useful" in the group costs (finite so that 0 * it stays 0)
 
 
 def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float = 0.0, beta: float = 0.0,
              cap: float = np.inf, floor: float = 0.0):
-    """Least error for each number of distinct servers.
+    """Least error for each number of server groups.
 
     ``gd`` (k, |A|): gate-weighted dissimilarity of each slot to each
     allowed server; ``gsig`` (k,): gate-weighted skip costs.  Returns
-    ``(minerr (k+1,), rebuild)`` where ``rebuild(c)`` gives the assignment.
+    ``(minerr, rebuild)``: ``minerr`` (list of ``k+1`` floats) holds the
+    least error of an assignment whose non-skipped slots form exactly ``c``
+    groups, each served by one server (``inf`` if none or not computed), and
+    ``rebuild(c)`` gives that assignment.  Two groups may share a server, so
+    the true number of distinct servers can be smaller; since fewer servers
+    or fewer groups with no more error are never worse, ``min_c`` of the
+    weighted objective over these levels is exact.
+
+    Only pairs (slot, server) where the server beats skipping the slot
+    (``gd[s, j] < gsig[s]``) are used: any assignment becomes one of those,
+    with no more error and no more servers, by skipping the other slots.
+    So a group's cost is its best server among those that beat skipping on
+    all its slots, and groups with none never enter the recursion (only a
+    handful of the ``2^k`` do).
 
     Levels are computed in order of ``c`` and the rest are left at ``inf``
     once no larger ``c`` can beat the best objective ``alpha c + beta err``
@@ -162,62 +181,72 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     (a larger ``c`` with equal objective may have lower error).
     """
     k = len(gsig)
-    inc, pm, pg, pr, starts = _slot_subsets(k)
+    inc, inc_t, slots, comp_idx, pm, pg, pr = _slot_subsets(k)
     size = 1 << k
-    full = size - 1
     skipc = inc @ gsig  # (2^k,)
-    if servers.size:
-        ws = inc @ gd  # (2^k, |A|)
-        wj = np.argmin(ws, axis=1)
-        w = ws[np.arange(size), wj]
-    else:
-        w = np.full(size, np.inf)
-        wj = np.zeros(size, dtype=np.int64)
-    w[0] = 0.0
-    # A group served by one server no better than skipping it is dominated (skip it: no more error,
-    # one server fewer), so only useful groups enter the recursion.
-    keep = w[pg] < skipc[pg]
-    kpm, kpg, kpr = pm[keep], pg[keep], pr[keep]
+    comp = skipc[comp_idx]  # skip cost of the slots outside each mask
+    e0 = float(skipc[size - 1])
+    minerr = [e0] + [np.inf] * k
+    best_obj = beta * e0 if _within(e0, cap) else np.inf
+    if not servers.size:
+        return minerr, lambda c: np.full(k, -1, dtype=np.int64)
+    ws = np.where(gd < gsig[:, None], gd, _BIG).T @ inc_t  # (|A|, 2^k): group costs per server
+    w = ws.min(axis=0)
+    useful = w < _BIG
+    useful[0] = False
+    idx = useful[pg].nonzero()[0]
+    npairs = len(idx)
+    if not npairs:
+        return minerr, lambda c: np.full(k, -1, dtype=np.int64)
+    kpm, kpg, kpr = pm[idx], pg[idx], pr[idx]
     wk = w[kpg]
-    seg_starts = np.flatnonzero(np.diff(kpm, prepend=-1))  # pairs are sorted by mask
+    first = np.empty(npairs, dtype=bool)
+    first[0] = True
+    np.not_equal(kpm[1:], kpm[:-1], out=first[1:])
+    seg_starts = first.nonzero()[0]
     seg_masks = kpm[seg_starts]
-    seg_ends = np.append(seg_starts[1:], len(kpm))
-    levels = [np.full(size, np.inf)]
-    levels[0][0] = 0.0
-    minerr = np.full(k + 1, np.inf)
-    best_mask = np.zeros(k + 1, dtype=np.int64)
-    comp = skipc[full ^ np.arange(size)]
-    tot = levels[0] + comp
-    best_mask[0] = int(np.argmin(tot))
-    minerr[0] = tot[best_mask[0]]
-    best_obj = alpha * 0 + beta * minerr[0] if _within(minerr[0], cap) else np.inf
+    # States are the masks that some kept pair covers (in seg order), then the empty mask, then a
+    # sentinel (always inf) for the masks no kept pair covers.
+    ns = len(seg_masks)
+    pos = np.full(size, ns + 1)
+    pos[seg_masks] = np.arange(ns)
+    pos[0] = ns
+    kpr_s = pos[kpr]
+    comp_s = comp[seg_masks]
+    levels = np.full((k + 1, ns + 2), np.inf)
+    levels[0, ns] = 0.0
+    vals = [None]
+    best_state = [ns] * (k + 1)
+    prev = levels[0]
     for c in range(1, k + 1):
-        if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL or not kpm.size:
+        if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
             break
-        prev = levels[-1]
-        cur = prev.copy()
-        cur[seg_masks] = np.minimum(prev[seg_masks], np.minimum.reduceat(wk + prev[kpr], seg_starts))
-        levels.append(cur)
-        tot = cur + comp
-        best_mask[c] = int(np.argmin(tot))
-        minerr[c] = tot[best_mask[c]]
-        if _within(minerr[c], cap):
-            best_obj = min(best_obj, alpha * c + beta * minerr[c])
+        v = wk + prev[kpr_s]
+        cur = levels[c]
+        np.minimum.reduceat(v, seg_starts, out=cur[:ns])
+        vals.append(v)
+        prev = cur
+        tot = cur[:ns] + comp_s
+        m = int(tot.argmin())
+        e = float(tot[m])
+        if e == np.inf:
+            break
+        best_state[c] = m
+        minerr[c] = e
+        if _within(e, cap):
+            best_obj = min(best_obj, alpha * c + beta * e)
 
     def rebuild(c: int) -> np.ndarray:
         assign = np.full(k, -1, dtype=np.int64)
-        mask = int(best_mask[c])
-        while mask and c > 0:
-            cur, prev = levels[c], levels[c - 1]
-            if prev[mask] <= cur[mask]:
-                c -= 1
-                continue
-            seg = int(np.searchsorted(seg_masks, mask))
-            cand = kpg[seg_starts[seg] : seg_ends[seg]]
-            g = int(cand[np.argmin(w[cand] + prev[mask ^ cand])])
-            slots = (g >> np.arange(k)) & 1 == 1
-            assign[slots] = servers[wj[g]]
-            mask ^= g
+        i = best_state[c]
+        ends = seg_starts.tolist() + [npairs]
+        while c > 0:
+            lo = ends[i]
+            seg = vals[c][lo : ends[i + 1]].tolist()
+            p = lo + seg.index(min(seg))
+            grp = int(kpg[p])
+            assign[slots[grp]] = servers[int(ws[:, grp].argmin())]
+            i = int(kpr_s[p])
             c -= 1
         return assign
 
@@ -230,16 +259,13 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
     dk = inst.delta_ext[inst.topk]  # (k, N+1)
     g = inst.gates
     gsig = g * dk[:, n]
-    edges = np.flatnonzero(allowed[1:]) + 1
+    edges = allowed[1:].nonzero()[0] + 1
     a = len(edges)
     # best (least) dissimilarity per slot on each node, then on each allowed subset
     m1 = len(allowed)
-    order_e = np.argsort(inst.node_of, kind="stable")
-    counts_n = np.bincount(inst.node_of, minlength=m1)
-    bounds = np.concatenate([[0], np.cumsum(counts_n)[:-1]])
-    has = counts_n > 0
+    order_e, bounds, has = _node_groups(inst.node_of, m1)
     pernode = np.full((k, m1), np.inf)
-    pernode[:, has] = np.minimum.reduceat(dk[:, order_e], bounds[has], axis=1)
+    pernode[:, has] = np.minimum.reduceat(dk[:, order_e], bounds, axis=1)
     nsub = 1 << a
     best_per = np.empty((nsub, k))
     best_per[0] = np.minimum(pernode[:, 0], dk[:, n])
@@ -256,31 +282,49 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
         we, wr = 1.0, 0.0
         feasible_u = _within(errmin, cap)
     lb = we * cost_u + wr * errmin
-    order = np.flatnonzero(feasible_u)[np.argsort(lb[feasible_u], kind="stable")]
-    counts = np.arange(k + 1)
-    best = (np.inf, np.inf, None)
-    node_mask = np.zeros(m1, dtype=bool)
+    cand_u = feasible_u.nonzero()[0]
+    order = cand_u[np.argsort(lb[cand_u], kind="stable")].tolist()
+    lb = lb.tolist()
+    best_obj, best_err, best_sol = np.inf, np.inf, None
+    node_of = inst.node_of
+    gdk = g[:, None] * dk
     for u in order:
-        if lb[u] > best[0] + abs(best[0]) * REL_TOL + ABS_TOL:
+        if lb[u] > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
             break
-        node_mask[:] = False
+        node_mask = np.zeros(m1, dtype=bool)
         node_mask[0] = True
-        node_mask[edges[((u >> np.arange(a)) & 1) == 1]] = True
-        servers = np.flatnonzero(node_mask[inst.node_of])
-        minerr, rebuild = _slot_dp(g[:, None] * dk[:, servers], gsig, servers, we * ec, wr, cap, errmin[u])
-        ok = _within(minerr, cap)
-        if not ok.any():
-            continue
-        obj = np.where(ok, we * (cost_u[u] + ec * counts) + wr * np.where(ok, minerr, 0.0), np.inf)
-        low = obj.min()
-        tie = obj <= low + abs(low) * REL_TOL + ABS_TOL
-        c = int(np.argmin(np.where(tie, minerr, np.inf)))
-        cand = (obj[c], minerr[c])
-        tol = abs(best[0]) * REL_TOL + ABS_TOL
-        if cand[0] < best[0] - tol or (cand[0] <= best[0] + tol and cand[1] < best[1]):
-            best = (cand[0], cand[1], (rebuild, c))
-    rebuild, c = best[2]
+        node_mask[edges[[b for b in range(a) if u >> b & 1]]] = True
+        servers = node_mask[node_of].nonzero()[0]
+        minerr, rebuild = _slot_dp(gdk[:, servers], gsig, servers, we * ec, wr, cap, float(errmin[u]))
+        base = we * float(cost_u[u])
+        for c, e in enumerate(minerr):
+            if not _within(e, cap):
+                continue
+            o = base + we * ec * c + wr * e
+            tol = abs(best_obj) * REL_TOL + ABS_TOL
+            if o < best_obj - tol or (o <= best_obj + tol and e < best_err):
+                best_obj, best_err, best_sol = o, e, (rebuild, c)
+    rebuild, c = best_sol
     return rebuild(c)
+
+
+_NODE_GROUPS: dict[tuple, tuple] = {}
+
+
+def _node_groups(node_of: np.ndarray, m1: int):
+    """Experts sorted by node, start of each nonempty node's run, and which nodes hold experts."""
+    key = (node_of.tobytes(), m1)
+    hit = _NODE_GROUPS.get(key)
+    if hit is None:
+        order_e = np.argsort(node_of, kind="stable")
+        counts_n = np.bincount(node_of, minlength=m1)
+        bounds = np.concatenate([[0], np.cumsum(counts_n)[:-1]])
+        has = counts_n > 0
+        hit = (order_e, bounds[has], has)
+        if len(_NODE_GROUPS) > 256:
+            _NODE_GROUPS.clear()
+        _NODE_GROUPS[key] = hit
+    return hit
 
 
 # ------------------------------------------------------------------------ API
@@ -314,7 +358,8 @@ def solve_decode(
 def _solution(inst: DecodeInstance, assign: np.ndarray, cap: float) -> DecodeSolution:
     """Energy, error and nodes of a solver-made assignment (same formulas as ``DecodeInstance.evaluate``)."""
     n = inst.num_experts
-    experts = np.unique(assign[assign >= 0])
+    distinct = {x for x in assign.tolist() if x >= 0}
+    experts = np.fromiter(distinct, dtype=np.int64, count=len(distinct))
     used = np.zeros(len(inst.node_cost), dtype=bool)
     used[inst.node_of[experts]] = True
     energy = float(inst.node_cost[used].sum() + inst.compute_cost * len(experts))
