@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
-from siftmoe_gym.bounds import extended_delta
+from siftmoe_gym.bounds import extended_delta, within_budget
 from siftmoe_gym.instances import DecodeInstance, PrefillInstance
 from siftmoe_gym.serving import solve_decode
 
@@ -216,7 +216,7 @@ class _PrefillModel:
                     return None
                 assign = self._assignment(res.x)
                 err = self.inst.evaluate(assign).error_bound
-                over = err > self.inst.budget * (1 + REL_TOL) + ABS_TOL
+                over = ~within_budget(err, self.inst.budget)
                 if not over.any():
                     return assign
                 caps = np.where(over, caps - (err - self.inst.budget) - 1e-12 * max(self.inst.budget, 1.0), caps)

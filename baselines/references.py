@@ -26,18 +26,16 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
+from siftmoe_gym.bounds import ABS_TOL, REL_TOL, within_budget
 from siftmoe_gym.instances import DecodeInstance, PrefillInstance, evaluate_decode_batch
 from siftmoe_gym.serving import DecodeSolution
-
-REL_TOL = 1e-12
-ABS_TOL = 1e-15
 BRUTE_LIMIT = 300_000
 MILP_OPTIONS = {"mip_rel_gap": 0.0, "presolve": True, "disp": False}
 
 
 def within(err, cap):
     """The core's budget test: ``err <= cap`` up to 1e-12 relative (1e-15 absolute)."""
-    return np.asarray(err) <= np.asarray(cap) * (1.0 + REL_TOL) + ABS_TOL
+    return within_budget(np.asarray(err), np.asarray(cap))
 
 
 def _allowed(inst_feasible: np.ndarray, allowed) -> np.ndarray:
@@ -107,7 +105,7 @@ def _decode_milp_once(inst, allowed, cap, we, wr, minimize_error=False):
     if minimize_error:
         cost[:nx] = errc
     else:
-        cost[nx : nx + ny] = we * inst.compute_cost * (ub_y := np.array([allowed[inst.node_of[j]] for j in range(n)]))
+        cost[nx : nx + ny] = we * inst.compute_cost * allowed[inst.node_of]
         cost[nx + ny :] = we * inst.node_cost[1:] * allowed[1:]
         cost[:nx] += wr * errc
         pos = np.abs(cost[cost != 0])  # smallest coefficient -> 1 (see baselines.prefill._objective_scale)

@@ -14,6 +14,15 @@ import numpy as np
 
 SKIP = -1
 """Assignment value meaning "skip this slot"."""
+REL_TOL = 1e-12
+ABS_TOL = 1e-15
+"""Tolerances of every budget test (relative and absolute)."""
+
+
+def within_budget(err, budget):
+    """The one budget test of the project: ``err <= budget`` up to ``REL_TOL`` relative and
+    ``ABS_TOL`` absolute (scalars or arrays)."""
+    return err <= budget * (1.0 + REL_TOL) + ABS_TOL
 
 
 def extended_delta(delta: np.ndarray, sigma: np.ndarray) -> np.ndarray:

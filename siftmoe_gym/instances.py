@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .bounds import SKIP, extended_delta, server_index
+from .bounds import SKIP, extended_delta, server_index, within_budget
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class DecodeInstance:
         energy = float(self.node_cost[used].sum() + self.compute_cost * mask.sum())
         err = float(np.dot(self.gates, self.delta_ext[self.topk, server_index(a, n)]))
         viol = float(self.node_violation_s[used].max(initial=0.0))
-        ok = err <= self.budget * (1 + 1e-12) + 1e-15 and bool(self.node_feasible[used].all())
+        ok = bool(within_budget(err, self.budget)) and bool(self.node_feasible[used].all())
         return DecisionResult(energy, err, viol, ok, used, a, mask)
 
 
@@ -295,5 +295,5 @@ class PrefillInstance:
         dext = extended_delta(self.delta, self.sigma)
         err = np.sum(self.gates * dext[self.topk, server_index(a, n)], axis=1)
         viol = float(self.violation_table[m, loads].max(initial=0.0))
-        ok = bool(np.all(err <= self.budget * (1 + 1e-12) + 1e-15) and self.feasible_table[m, loads].all())
+        ok = bool(np.all(within_budget(err, self.budget)) and self.feasible_table[m, loads].all())
         return DecisionResult(energy, err, viol, ok, loads, a, mask)

@@ -38,12 +38,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from .bounds import ABS_TOL, REL_TOL
+from .bounds import within_budget as _within
 from .instances import DecodeInstance
 
 TABLE_LIMIT = 4096
 """Largest ``(N+1)^k`` for which the enumeration table is used."""
-REL_TOL = 1e-12
-ABS_TOL = 1e-15
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ class DecodeSolution:
     error_bound: float
     within_budget: bool
     nodes_used: np.ndarray  # (M+1,) bool
-
-
-def _within(err, cap):
-    return err <= cap * (1.0 + REL_TOL) + ABS_TOL
 
 
 # ----------------------------------------------------------------- table method

@@ -38,7 +38,8 @@ from gymnasium import spaces
 from ..config import SystemConfig, make_config
 from ..energy import LN2, dbm_to_watt
 from ..instances import DecodeInstance
-from ..serving import ABS_TOL, REL_TOL, TABLE_LIMIT, solve_decode
+from ..bounds import ABS_TOL, REL_TOL, within_budget
+from ..serving import TABLE_LIMIT, solve_decode
 from ..system import WideSystem
 from .episodes import EpisodeCache
 
@@ -700,8 +701,7 @@ class SiftMoEEnv(gym.Env):
     # ----------------------------------------------------------------- reward
     def _reward(self, energy: float, denom_energy: float, err: float, thr: float, eps: float, lat: float) -> tuple[float, float, float]:
         r_e = -(energy + self.floor) / (denom_energy + self.floor)
-        over = err > thr * (1.0 + REL_TOL) + ABS_TOL
-        r_a = -self.env_config["penalty"] * (1.0 + (err - thr) / eps) if over else 0.0
+        r_a = 0.0 if within_budget(err, thr) else -self.env_config["penalty"] * (1.0 + (err - thr) / eps)
         r_l = -self.env_config["penalty_latency"] * (1.0 + lat / self._tau) if lat > 0.0 else 0.0
         return r_e, r_a, r_l
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..serving import ABS_TOL, REL_TOL
+from ..bounds import ABS_TOL, REL_TOL, within_budget
 from .base import SiftMoEEnv, err_table, pick_row
 from .episodes import draw_decode_episodes, episode_row
 
@@ -360,11 +360,10 @@ class DecodeEnv(SiftMoEEnv):
         e_topk = self._topk_e_list[s]
         floor = self.floor
         r_e = -(energy + floor) / (e_topk + floor)
-        over = err > eps * (1.0 + REL_TOL) + ABS_TOL
-        r_a = -self.env_config["penalty"] * (1.0 + (err - eps) / float(self._eps_div[layer])) if over else 0.0
+        violation = not within_budget(err, eps)
+        r_a = -self.env_config["penalty"] * (1.0 + (err - eps) / float(self._eps_div[layer])) if violation else 0.0
         r_l = -self.env_config["penalty_latency"] * (1.0 + lat / self._tau) if lat > 0.0 else 0.0
         reward = r_e + r_a + r_l
-        violation = err > eps * (1.0 + 1e-12) + 1e-15
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": eps,
             "violation": violation, "latency_violation": lat,

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bounds import within_budget
 from .base import SiftMoEEnv, _check_number
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
 from .episodes import draw_fastfading_episodes, episode_row
@@ -265,8 +266,8 @@ class FastFadingEnv(SiftMoEEnv):
         r_avg = 0.0
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps, "cap": cap,
-            "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15,
-            "cap_violation": res["err"] > cap * (1.0 + 1e-12) + 1e-15,
+            "violation": not within_budget(res["err"], eps),
+            "cap_violation": not within_budget(res["err"], cap),
             "latency_violation": res["lat"], "assignment": res["assignment"], "computed": res["computed"],
             "nodes_used": res["used"], "activated_nodes": res["active"], "queue": self.queue.copy(),
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ..bounds import within_budget
 from ..instances import PrefillInstance
 from .base import SiftMoEEnv
 
@@ -239,7 +240,7 @@ class PrefillEnv(SiftMoEEnv):
         self._block_energy += res["energy"]
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps,
-            "violation": res["err"] > eps * (1.0 + 1e-12) + 1e-15, "latency_violation": res["lat"],
+            "violation": not within_budget(res["err"], eps), "latency_violation": res["lat"],
             "assignment": res["assignment"], "computed": res["computed"], "nodes_used": res["used"],
             "activated_nodes": res["active"],
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,

@@ -34,7 +34,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ..serving import ABS_TOL, REL_TOL
+from ..bounds import ABS_TOL, REL_TOL, within_budget
 from .base import err_table, pick_rows
 from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
@@ -305,9 +305,9 @@ class SiftMoEVectorEnv(VectorEnv):
         ff = self.setting == "fastfading"
         if ff:
             t = s // env.n_layers
-            cost, feas, viol = self._cost[:, t], self._feas[:, t], self._viol[:, t]
+            cost, viol = self._cost[:, t], self._viol[:, t]
         else:
-            cost, feas, viol = self._cost, self._feas, self._viol
+            cost, viol = self._cost, self._viol
         e_topk = self._topk_e[:, s]
         if ff:
             cap = env._cap_factor * eps if hasattr(env, "_cap_factor") else env.system.config.eps_max_factor * eps
@@ -384,10 +384,10 @@ class SiftMoEVectorEnv(VectorEnv):
         pen, pen_l = env.env_config["penalty"], env.env_config["penalty_latency"]
         r_e = -(energy + env.floor) / (e_topk + env.floor)
         thr = cap
-        r_a = np.where(err > thr * (1.0 + REL_TOL) + ABS_TOL, -pen * (1.0 + np.maximum(err - thr, 0.0) / eps_d), 0.0)
+        r_a = np.where(within_budget(err, thr), 0.0, -pen * (1.0 + np.maximum(err - thr, 0.0) / eps_d))
         r_l = np.where(lat > 0.0, -pen_l * (1.0 + lat / env._tau), 0.0)
         reward = r_e + r_a + r_l
-        violation = err > eps * (1.0 + 1e-12) + 1e-15
+        violation = ~within_budget(err, eps)
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
             "violation": violation, "latency_violation": lat, "assignment": assignment,
@@ -406,7 +406,7 @@ class SiftMoEVectorEnv(VectorEnv):
             self._queue[:, layer] = np.maximum(self._queue[:, layer] + ratio - 1.0, 0.0)
             self._ratio_sum[:, layer] += ratio
             info["cap"] = np.full(n, cap)
-            info["cap_violation"] = err > cap * (1.0 + 1e-12) + 1e-15
+            info["cap_violation"] = ~within_budget(err, cap)
             info["queue"] = self._queue.copy()
             r_avg = np.zeros(n)
             if terminated:
