@@ -84,8 +84,10 @@ def _combo_nodes(node_of: np.ndarray, m1: int, k: int) -> np.ndarray:
     return table
 
 
-def _pick(obj, err, energy, valid, cap):
-    """Row-wise choice: valid min objective (ties lower error), else min error (ties cheaper)."""
+def pick_rows(obj, err, energy, valid):
+    """Row-wise choice among candidate decisions (B, C): the valid one of least objective (ties: lower
+    error); in rows with none valid, the least error (``err`` inf where not allowed; ties: cheaper).
+    Returns ``(index (B,), any_valid (B,))``."""
     big = np.inf
     o = np.where(valid, obj, big)
     best = o.min(axis=1, keepdims=True)
@@ -113,7 +115,7 @@ def _table_solve(gates, topk, dext, node_of, node_cost, allowed, cap, compute_co
     err_allowed = np.where(banned, np.inf, err)
     obj = we[:, None] * energy + wr[:, None] * err
     valid = ~banned & _within(err, cap[:, None])
-    idx, ok = _pick(obj, err_allowed, np.where(banned, np.inf, energy), valid, cap)
+    idx, ok = pick_rows(obj, err_allowed, np.where(banned, np.inf, energy), valid)
     rows = np.arange(len(idx))
     assign = grids[idx]
     assign = np.where(assign == n, -1, assign)

@@ -40,6 +40,7 @@ from ..energy import LN2, dbm_to_watt
 from ..instances import DecodeInstance
 from ..bounds import ABS_TOL, REL_TOL, within_budget
 from ..serving import TABLE_LIMIT, solve_decode
+from ..serving import pick_rows as serving_pick_rows
 from ..system import WideSystem
 from .episodes import EpisodeCache
 
@@ -131,7 +132,7 @@ def err_table(gdk: np.ndarray) -> np.ndarray:
 
 def pick_row(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: float) -> tuple[int, bool]:
     """Index of the served assignment (same rule as :func:`siftmoe_gym.serving.solve_decode`)."""
-    ok = allowed & (err <= cap * (1.0 + REL_TOL) + ABS_TOL)
+    ok = allowed & within_budget(err, cap)
     if ok.any():
         o = np.where(ok, obj, np.inf)
         best = o.min()
@@ -143,17 +144,8 @@ def pick_row(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.n
 
 
 def pick_rows(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched :func:`pick_row` over rows (B, C)."""
-    ok = allowed & (err <= cap[:, None] * (1.0 + REL_TOL) + ABS_TOL)
-    o = np.where(ok, obj, np.inf)
-    best = o.min(axis=1, keepdims=True)
-    tie = ok & (o <= best + np.abs(best) * REL_TOL + ABS_TOL)
-    pick_ok = np.argmin(np.where(tie, err, np.inf), axis=1)
-    ea = np.where(allowed, err, np.inf)
-    tie2 = ea <= ea.min(axis=1, keepdims=True) * (1.0 + REL_TOL) + ABS_TOL
-    pick_bad = np.argmin(np.where(tie2, energy, np.inf), axis=1)
-    good = np.isfinite(best[:, 0])
-    return np.where(good, pick_ok, pick_bad), good
+    """Batched :func:`pick_row` over rows (B, C): :func:`siftmoe_gym.serving.pick_rows` on the allowed rows."""
+    return serving_pick_rows(obj, np.where(allowed, err, np.inf), energy, allowed & within_budget(err, cap[:, None]))
 
 
 # --------------------------------------------------------------------------- config helpers
