@@ -5,9 +5,13 @@
 - :mod:`agents.hyperparams`: rl-zoo3-style YAML per algorithm (``agents/hyperparams/<algo>.yml``);
 - :mod:`agents.masking`: node masks for MaskablePPO (``NodeActionMasker``);
 - :mod:`agents.policy`: ``AgentPolicy``, an SB3 model as an ``act(obs, info)`` policy;
+- :mod:`agents.evaluation`: seeded evaluation of policies and agents, the baseline cache, regret;
+- :mod:`agents.runio`: run-folder I/O (atomic writes, run folders, checkpoint index);
+- :mod:`agents.models`: loading saved agents with their metadata;
 - :mod:`agents.callbacks`: evaluation against siftmoe/topk with TensorBoard logging,
   best model, atomic checkpoints;
-- :mod:`agents.training`: ``train``, ``evaluate_saved``, ``load_agent``;
+- :mod:`agents.training`: ``train`` (its steps as functions), ``evaluate_saved``;
+- :mod:`agents.report`: the benchmark report (``python -m agents.compare``);
 - :mod:`agents.cli`: the ``train.py`` command line.
 """
 

@@ -37,18 +37,17 @@ leaves a truncated checkpoint behind the pointer.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from .compare import REFERENCE, TOPK, BaselineCache, atomic_write_json, evaluate, regret
+from .evaluation import REFERENCE, TOPK, BaselineCache, evaluate, regret
 from .policy import AgentPolicy
+from .runio import atomic_save_model, atomic_save_replay_buffer, atomic_write_json
 
 CUSTOM_SCALARS_LAYOUT = {
     "SiftMoE": {
@@ -64,32 +63,44 @@ CUSTOM_SCALARS_LAYOUT = {
 }
 
 
-def atomic_save_model(model, path: str | os.PathLike) -> Path:
-    """``model.save`` to a temporary file in the same folder, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+class RolloutBoundaryCallback(BaseCallback):
+    """Calls :meth:`act` at the first rollout boundary after every ``every`` environment steps, and once
+    more at the end of training unless the last call was at the final step.
 
+    At the start of a rollout everything before it is complete: the previous rollout's transitions are
+    stored and trained on (on-policy) or in the replay buffer with their gradient steps done (off-policy),
+    so the model is exactly what a checkpoint or saved model taken at this step contains, and a resumed
+    run repeats and loses nothing."""
 
-def atomic_save_replay_buffer(model, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        model.save_replay_buffer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    def __init__(self, every: int, verbose: int = 0):
+        super().__init__(verbose)
+        self.every = max(int(every), 1)
+        self._next = 0
+
+    def _schedule_next(self) -> None:
+        self._next = (self.num_timesteps // self.every + 1) * self.every
+
+    def _on_training_start(self) -> None:
+        self._schedule_next()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self._next:
+            self.act()
+            self._schedule_next()
+
+    def _on_training_end(self) -> None:
+        if self.last_step() != self.num_timesteps:
+            self.act()
+
+    def act(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def last_step(self) -> int | None:
+        """The step of the last :meth:`act` (``None`` if never)."""
+        raise NotImplementedError
 
 
 def best_key(record: dict[str, Any], max_violation_rate: float) -> tuple:
@@ -98,7 +109,7 @@ def best_key(record: dict[str, Any], max_violation_rate: float) -> tuple:
     return (0, 0.0, r) if v <= max_violation_rate else (1, v, r)
 
 
-class ComparisonEvalCallback(BaseCallback):
+class ComparisonEvalCallback(RolloutBoundaryCallback):
     def __init__(
         self,
         eval_env,
@@ -115,10 +126,10 @@ class ComparisonEvalCallback(BaseCallback):
         on_eval: Callable[[dict[str, Any]], None] | None = None,
         verbose: int = 0,
     ):
-        super().__init__(verbose)
+        super().__init__(eval_freq, verbose)
         self.eval_env = eval_env
         self.seeds = [int(s) for s in seeds]
-        self.eval_freq = max(int(eval_freq), 1)
+        self.eval_freq = self.every
         self.run_dir = Path(run_dir)
         self.cache = cache
         self.model_meta = dict(model_meta or {})
@@ -129,7 +140,6 @@ class ComparisonEvalCallback(BaseCallback):
         self.deterministic = deterministic
         self.on_eval = on_eval
         self._t0 = time.perf_counter()
-        self._next_eval = 0
         self._layout_written = False
 
     # ------------------------------------------------------------ helpers
@@ -156,22 +166,14 @@ class ComparisonEvalCallback(BaseCallback):
     # ---------------------------------------------------------- callbacks
     def _on_training_start(self) -> None:
         self._t0 = time.perf_counter()
-        self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
+        super()._on_training_start()
         self._write_layout()
 
-    def _on_step(self) -> bool:
-        return True
+    def act(self) -> dict[str, Any]:
+        return self.evaluate_now()
 
-    def _on_rollout_start(self) -> None:
-        # Evaluate at rollout boundaries: the model is then the one after the previous update,
-        # i.e. exactly what a checkpoint or saved model taken at this step contains.
-        if self.num_timesteps >= self._next_eval:
-            self.evaluate_now()
-            self._next_eval = (self.num_timesteps // self.eval_freq + 1) * self.eval_freq
-
-    def _on_training_end(self) -> None:
-        if self.last is None or self.last["timesteps"] != self.num_timesteps:
-            self.evaluate_now()
+    def last_step(self) -> int | None:
+        return None if self.last is None else self.last["timesteps"]
 
     # --------------------------------------------------------- evaluation
     def evaluate_now(self) -> dict[str, Any]:
@@ -229,36 +231,23 @@ class ComparisonEvalCallback(BaseCallback):
         lg.dump(rec["timesteps"])
 
 
-class AtomicCheckpointCallback(BaseCallback):
+class AtomicCheckpointCallback(RolloutBoundaryCallback):
     def __init__(self, save_freq: int, ckpt_dir: str | os.PathLike, keep: int = 2,
                  wall_clock: Callable[[], float] | None = None, extra: Callable[[], dict] | None = None,
                  verbose: int = 0):
-        super().__init__(verbose)
-        self.save_freq = max(int(save_freq), 1)
+        super().__init__(save_freq, verbose)
+        self.save_freq = self.every
         self.ckpt_dir = Path(ckpt_dir)
         self.keep = max(int(keep), 1)
         self.wall_clock = wall_clock
         self.extra = extra
-        self._next = 0
         self.last_saved_step = -1
 
-    def _on_training_start(self) -> None:
-        self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
+    def act(self) -> dict[str, Any]:
+        return self.save()
 
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_start(self) -> None:
-        # At the start of a rollout everything before it is complete: the previous rollout's
-        # transitions are stored and trained on (on-policy) or in the replay buffer with their
-        # gradient steps done (off-policy), so a resumed run repeats and loses nothing.
-        if self.num_timesteps >= self._next:
-            self.save()
-            self._next = (self.num_timesteps // self.save_freq + 1) * self.save_freq
-
-    def _on_training_end(self) -> None:
-        if self.last_saved_step != self.num_timesteps:
-            self.save()
+    def last_step(self) -> int | None:
+        return self.last_saved_step
 
     def save(self) -> dict[str, Any]:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -290,14 +279,3 @@ class AtomicCheckpointCallback(BaseCallback):
                     p.unlink()
                 except OSError:
                     pass
-
-
-def read_latest_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(ckpt_dir) / "latest.json"
-    if not path.is_file():
-        return None
-    entry = json.loads(path.read_text())
-    entry["model_path"] = str(Path(ckpt_dir) / entry["model"])
-    if entry.get("replay_buffer"):
-        entry["replay_buffer_path"] = str(Path(ckpt_dir) / entry["replay_buffer"])
-    return entry

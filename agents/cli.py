@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "evaluate":
             return _run_evaluate(evaluate_parser().parse_args(argv[1:]))
         if argv and argv[0] == "compare":  # the benchmark report: same as python -m agents.compare
-            from .compare import main as compare_main
+            from .report.benchmark import main as compare_main
 
             return compare_main(argv[1:])
         if argv and argv[0] == "train":

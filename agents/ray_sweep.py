@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+
+from .evaluation import mean_ci95
+
 DEFAULT_ENV = "siftmoe_gym/Decode-v0"
 SWEEP_FIELDS = [
     "env_id", "algo", "seed", "timesteps", "energy_per_token_j", "siftmoe_energy_per_token_j", "regret",
@@ -50,19 +53,6 @@ ARTIFACTS = ["config.json", "final_model.zip", "final_model.json", "best_model.z
              "learning_curve.png"]
 FEASIBLE_TOL = 0.01
 FEASIBLE_WEIGHT = 10.0
-
-
-def _mean_ci95(values: Iterable[float]) -> tuple[float, float, int]:
-    import numpy as np
-
-    v = np.asarray([float(x) for x in values if x is not None and math.isfinite(float(x))], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, 0
-    if len(v) == 1:
-        return float(v[0]), math.nan, 1
-    from scipy.stats import t as student_t
-
-    return float(v.mean()), float(student_t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))), len(v)
 
 
 def feasible_regret(regret: float, excess_violation_rate: float) -> float:
@@ -78,7 +68,8 @@ def train_unit(env_id: str, algo: str, seed: int, logdir: str, train_kwargs: dic
     Returns the agent's comparison row (regret against siftmoe on the same evaluation seeds) with the run
     folder; with ``return_artifacts`` also the bytes of the run's small files (models, JSON, CSV, PNG), so a
     driver on another machine can write them."""
-    from .training import slug, train
+    from .runio import slug
+    from .training import train
 
     run_name = f"{slug(env_id)}_{algo}_seed{seed}"
     kw = {"progress_bar": False, "print_table": False, "threads": 1, **train_kwargs}
@@ -160,7 +151,7 @@ def train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str = DEFAUL
         rs = [r for r in rows if r["algo"] == a]
         s = {"algo": a, "seeds": len(rs)}
         for m in SUMMARY_METRICS:
-            mean, half, _ = _mean_ci95(r.get(m, math.nan) for r in rs)
+            mean, half, _ = mean_ci95(r.get(m, math.nan) for r in rs)
             s[m], s[f"{m}_ci95"] = mean, half
         summary.append(s)
     paths = _write_sweep(out, env_id, rows, summary, wall, use_ray, address, train_kwargs)
@@ -168,7 +159,7 @@ def train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str = DEFAUL
 
 
 def _write_sweep(out: Path, env_id: str, rows, summary, wall, use_ray, address, train_kwargs) -> dict[str, Path]:
-    from .compare import atomic_write_json, atomic_write_text
+    from .runio import atomic_write_json, atomic_write_text
 
     paths = {"csv": out / "sweep.csv", "summary_csv": out / "sweep_summary.csv", "md": out / "sweep.md",
              "json": out / "sweep.json"}
@@ -245,7 +236,7 @@ def ppo_trial(config: dict[str, Any], fixed: dict[str, Any]) -> None:
 
     from . import make_agent
     from .algos import get_algo
-    from .compare import eval_seeds
+    from .evaluation import eval_seeds
     from .envs import make_env, make_vec_env
     from .policy import AgentPolicy
 
@@ -350,7 +341,7 @@ def tune_ppo(env_id: str = DEFAULT_ENV, algo: str = "ppo", num_samples: int = 8,
         w.writeheader()
         for i, r in enumerate(results):
             w.writerow({"trial": i, **{f"config/{k}": v for k, v in r.get("config", {}).items()}, **r})
-    from .compare import atomic_write_json
+    from .runio import atomic_write_json
 
     atomic_write_json(paths["best"], {"metric": metric, "mode": "min", "fixed": fixed, "best": best,
                                       "trials": len(results), "errors": len(results) - len(ok), "wall_s": wall})

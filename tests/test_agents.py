@@ -12,7 +12,8 @@ from gymnasium import spaces
 
 import siftmoe_gym  # noqa: F401  (registers the environments)
 from agents import ALGOS, AgentConfigError, canonical_algo, check_compatible, make_agent
-from agents.callbacks import AtomicCheckpointCallback, atomic_save_model, best_key, read_latest_checkpoint
+from agents.callbacks import AtomicCheckpointCallback, best_key
+from agents.runio import atomic_save_model, read_latest_checkpoint
 from agents.hyperparams import HYPERPARAMS_DIR, load_hyperparams, parse_overrides, resolve_hyperparams, split_hyperparams
 from agents.masking import NodeActionMasker, mask_from_feasibility, node_action_mask
 from agents.policy import AgentPolicy, to_env_action

@@ -19,6 +19,9 @@ import pytest
 import baselines
 import siftmoe_gym  # noqa: F401
 from agents import compare
+from agents.evaluation import mean_ci95
+from agents.report import records as report_records
+from agents.report import scenarios as report_scenarios
 from siftmoe_gym.evaluation import evaluate_policy, run_episode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +78,7 @@ def test_smoke_writes_all_outputs(smoke_run):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["dominance_checks"] > 0 and meta["dominance_failures"] == []
     # the fast-fading scenario draws the offline bound; the agent joins decode scenarios only
-    assert any(r["policy"] == compare.BOUND_NAME and r["scenario"] == "ff_v" for r in records)
+    assert any(r["policy"] == report_records.BOUND_NAME and r["scenario"] == "ff_v" for r in records)
     assert {r["scenario"] for r in records if r["policy"] == "ppo-tiny"} == {"summary", "eps_tradeoff", "distance"}
     assert "trained on siftmoe_gym/Decode-v0, scenario uses siftmoe_gym/FastFading-v0" in md
 
@@ -107,7 +110,7 @@ def test_siftmoe_no_more_energy_than_any_compliant_policy(smoke_run):
             assert ref <= float(r["energy_j"]) * (1 + 1e-9) + 1e-15, (key, name)
             compared += 1
     assert compared >= 20
-    assert compare.siftmoe_dominance(records)[0] == compared
+    assert report_records.siftmoe_dominance(records)[0] == compared
 
 
 def test_dominance_check_detects_a_cheaper_compliant_policy():
@@ -119,27 +122,27 @@ def test_dominance_check_detects_a_cheaper_compliant_policy():
         {"scenario": "s", "env": "siftmoe_gym/Decode-v0", "point": "p", "seed": 1, "policy": "y", "energy_j": 0.5,
          "within_constraints": False},
     ]
-    n, fails = compare.siftmoe_dominance(recs)
+    n, fails = report_records.siftmoe_dominance(recs)
     assert n == 1 and len(fails) == 1
 
 
 def test_mean_ci95_student_t():
-    mean, half, n = compare.mean_ci95([1.0, 2.0, 3.0])
+    mean, half, n = mean_ci95([1.0, 2.0, 3.0])
     assert (mean, n) == (2.0, 3)
     assert half == pytest.approx(4.302652729911275 / math.sqrt(3))
-    assert math.isnan(compare.mean_ci95([5.0])[1])
-    assert compare.mean_ci95([1.0, float("nan"), 3.0])[2] == 2
+    assert math.isnan(mean_ci95([5.0])[1])
+    assert mean_ci95([1.0, float("nan"), 3.0])[2] == 2
 
 
 def test_scenario_files_parse_and_cover_the_issue():
-    spec = compare.load_scenario_file(DEFAULT)
+    spec = report_scenarios.load_scenario_file(DEFAULT)
     names = {s["name"] for s in spec["scenarios"]}
     assert {"eps_tradeoff", "distance", "nodes", "ff_v", "ff_rho", "prefill_t", "real_trace_eps", "real_accuracy"} <= names
     params = {s["sweep"]["param"] for s in spec["scenarios"] if s.get("sweep")}
     assert {"eps_rel", "distance_range_m", "num_nodes", "drift_v", "rho", "prefill_tokens"} <= params
     assert all(s.get("bound") == "lagrangian" for s in spec["scenarios"] if s["name"].startswith("ff_"))
-    assert compare.load_scenario_file(SMOKE)["scenarios"]
-    pts = compare._points({"name": "d", "sweep": {"param": "distance_range_m", "values": [[50, 100]]}})
+    assert report_scenarios.load_scenario_file(SMOKE)["scenarios"]
+    pts = report_scenarios.points({"name": "d", "sweep": {"param": "distance_range_m", "values": [[50, 100]]}})
     assert pts[0][1] == 75.0 and pts[0][2]["distance_range_m"] == [50, 100]
 
 
@@ -147,10 +150,10 @@ def test_bad_scenario_file(tmp_path):
     p = tmp_path / "bad.yml"
     p.write_text("scenarios:\n  - name: a\n    plots: [nope]\n")
     with pytest.raises(ValueError, match="unknown plot metric"):
-        compare.load_scenario_file(p)
+        report_scenarios.load_scenario_file(p)
     p.write_text("scenarios: []\n")
     with pytest.raises(ValueError, match="non-empty"):
-        compare.load_scenario_file(p)
+        report_scenarios.load_scenario_file(p)
 
 
 def test_fastfading_metrics_use_the_cap_and_the_average():

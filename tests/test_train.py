@@ -118,7 +118,7 @@ def test_resume_dqn_keeps_replay_buffer(tmp_path):
     hyper = {"learning_starts": 50, "buffer_size": 5000, "target_update_interval": 100}
     _train(tmp_path, "siftmoe_gym/DecodeDiscrete-v0", "dqn", 200, hyper, n_envs=1, checkpoint_freq=100)
     res = _train(tmp_path, "siftmoe_gym/DecodeDiscrete-v0", "dqn", 400, hyper, n_envs=1, resume=True)
-    from agents.callbacks import read_latest_checkpoint
+    from agents.runio import read_latest_checkpoint
     from stable_baselines3.common.save_util import load_from_pkl
 
     latest = read_latest_checkpoint(res.run_dir / "checkpoints")

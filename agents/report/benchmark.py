@@ -1,0 +1,225 @@
+"""The benchmark report: every scenario of a YAML file, on identical seeded episodes, to CSV, markdown and PNG.
+
+    python -m agents.compare --scenarios benchmarks/scenarios/default.yml --out DIR [--episodes N]
+                             [--agent NAME=PATH ...] [--only NAME ...] [--ray] [--no-progress]
+
+See :mod:`agents.report.scenarios` for the scenario file format.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ..models import load_saved_agent
+from ..runio import atomic_write_json, atomic_write_text, write_csv
+from .plots import plot_hf_accuracy, plot_scenario
+from .records import BENCH_RECORD_FIELDS, SUMMARY_METRICS, siftmoe_dominance, summarize_records
+from .runners import RayPointRunner, finish_sweep_scenario, run_hf_accuracy_scenario, run_sweep_scenario
+from .scenarios import load_scenario_file, points, prepare_sweep_scenario
+from .tables import scenario_markdown
+
+def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, episodes: int | None = None,
+                  agents: dict[str, str] | None = None, progress: bool = True, only: list[str] | None = None,
+                  ray: bool = False, ray_address: str | None = None, ray_num_cpus: int | None = None,
+                  ray_chunk: int = 8, threads: int = 1) -> dict[str, Any]:
+    """Run every scenario of ``scenarios`` (YAML) and write ``episodes.csv``, ``summary.csv``, ``report.md``,
+    ``meta.json`` and one PNG per scenario to ``out_dir``.  Returns a dict with records, summary and paths.
+
+    With ``ray`` (or ``ray_address``) the sweep scenarios run as Ray tasks (:class:`RayPointRunner`: one per
+    scenario point and chunk of ``ray_chunk`` seeds; ``threads`` torch threads each) on a local Ray instance
+    of ``ray_num_cpus`` CPUs or the cluster at ``ray_address``; real-model (``hf_accuracy``) scenarios run in
+    this process meanwhile.  The outputs are the same as without Ray."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    spec = load_scenario_file(scenarios)
+    base_dir = Path(scenarios).resolve().parent
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loaded = [load_saved_agent(n, p) for n, p in (agents or {}).items()]
+    scns = [s for s in spec["scenarios"] if not only or s["name"] in only]
+    default_eps = int(episodes if episodes is not None else spec.get("episodes", 10))
+    seed0 = int(spec.get("seed", 1000))
+
+    def n_eps(s):
+        if episodes is not None:
+            return int(episodes)
+        return int(s.get("episodes", default_eps))
+
+    import baselines
+
+    def units(s):
+        if s.get("kind") == "hf_accuracy":
+            return n_eps(s)
+        pol = s.get("policies") or list(baselines.available_policies())
+        ag = len(loaded) if s.get("agents", True) else 0
+        return len(points(s)) * (len(pol) + ag)
+
+    all_records: list[dict[str, Any]] = []
+    all_summary: list[dict[str, Any]] = []
+    md = ["# siftmoe-gym benchmark report", "",
+          f"Scenarios `{scenarios}`; every policy and agent runs on the same seeded episodes "
+          f"(common random numbers); figures show the mean and a 95% Student-t confidence interval over episodes.", ""]
+    files = {}
+    runner = None
+    prepared: dict[str, tuple[dict | None, list[str]]] = {}
+    ray_tasks = 0
+    try:
+        if ray or ray_address:  # submit every sweep scenario first, so Ray is busy while we gather in order
+            runner = RayPointRunner(ray_address, ray_num_cpus, ray_chunk, threads, agents)
+            for scn in scns:
+                if scn.get("kind") != "hf_accuracy":
+                    pnotes: list[str] = []
+                    plan = prepare_sweep_scenario(scn, pnotes, base_dir, out_dir)
+                    prepared[scn["name"]] = (plan, pnotes)
+                    if plan is not None:
+                        runner.submit(scn, plan, [seed0 + i for i in range(n_eps(scn))])
+            ray_tasks = runner.tasks
+        with tqdm(total=sum(units(s) for s in scns), desc="compare", unit="run", disable=not progress) as bar:
+            for scn in scns:
+                ts = time.perf_counter()
+                seeds = [seed0 + i for i in range(n_eps(scn))]
+                notes: list[str] = []
+                if scn.get("kind") == "hf_accuracy":
+                    recs = run_hf_accuracy_scenario(scn, seeds, bar, notes, base_dir)
+                elif runner is not None:
+                    plan, notes = prepared[scn["name"]]
+                    if plan is None:
+                        bar.update(units(scn))
+                        recs = []
+                    else:
+                        per_point = units(scn) // max(len(plan["points"]), 1)
+                        recs = finish_sweep_scenario(runner.gather(scn["name"], lambda _l: bar.update(per_point)),
+                                                     seeds, notes)
+                else:
+                    recs = run_sweep_scenario(scn, seeds, loaded, bar, notes, base_dir, out_dir)
+                rows = summarize_records(recs)
+                png = None
+                if rows:
+                    png_path = out_dir / f"{scn['name']}.png"
+                    (plot_hf_accuracy if scn.get("kind") == "hf_accuracy" else plot_scenario)(scn, rows, png_path)
+                    files[scn["name"]] = png_path
+                    png = png_path.name
+                n, fails = siftmoe_dominance(recs)
+                if n:
+                    notes.append(f"per-episode check: siftmoe used no more energy than {n - len(fails)} of {n} "
+                                 f"(policy, episode) pairs that met every step's constraints"
+                                 + (f"; FAILURES: {fails[:3]}" if fails else ""))
+                notes.append(f"{len(seeds)} episodes per point, seeds {seeds[0]}..{seeds[-1]}; "
+                             f"{time.perf_counter() - ts:.1f} s")
+                md.append(scenario_markdown(scn, rows, png, notes))
+                all_records += recs
+                all_summary += rows
+    finally:
+        if runner is not None:
+            runner.close()
+    wall = time.perf_counter() - t0
+    paths = {"episodes_csv": out_dir / "episodes.csv", "summary_csv": out_dir / "summary.csv",
+             "markdown": out_dir / "report.md", "meta": out_dir / "meta.json", **{f"png:{k}": v for k, v in files.items()}}
+    write_csv(paths["episodes_csv"], all_records, BENCH_RECORD_FIELDS)
+    sum_fields = ["scenario", "env", "point", "x", "policy"] + [f"{m}{suf}" for m in SUMMARY_METRICS for suf in ("", "_ci95", "_n")]
+    write_csv(paths["summary_csv"], all_summary, sum_fields)
+    md.append(f"Wall time {wall:.1f} s.")
+    atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
+    n, fails = siftmoe_dominance(all_records)
+    meta = {"scenarios": str(scenarios), "episodes": episodes, "agents": agents or {}, "wall_seconds": wall,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
+            "dominance_checks": n, "dominance_failures": fails,
+            "ray": bool(ray or ray_address), "ray_address": ray_address, "ray_tasks": ray_tasks}
+    atomic_write_json(paths["meta"], meta)
+    return {"records": all_records, "summary": all_summary, "paths": paths, "wall_seconds": wall,
+            "dominance": (n, fails)}
+
+
+def replot(scenarios: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Re-render the PNGs of ``out_dir`` from its ``summary.csv`` (no re-evaluation)."""
+    spec = load_scenario_file(scenarios)
+    with open(Path(out_dir) / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        for k, v in list(r.items()):
+            if k not in ("scenario", "env", "point", "policy"):
+                r[k] = float(v) if v not in ("", None) else math.nan
+    written = []
+    for scn in spec["scenarios"]:
+        srows = [r for r in rows if r["scenario"] == scn["name"]]
+        if srows:
+            path = Path(out_dir) / f"{scn['name']}.png"
+            (plot_hf_accuracy if scn.get("kind") == "hf_accuracy" else plot_scenario)(scn, srows, path)
+            written.append(path)
+    return written
+
+
+def _parse_agents(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--agent expects NAME=PATH, got {it!r}")
+        name, path = it.split("=", 1)
+        if not name or not path:
+            raise SystemExit(f"--agent expects NAME=PATH, got {it!r}")
+        out[name] = path
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m agents.compare",
+                                 description="Compare policies and saved agents on identical seeded episodes over the "
+                                             "scenarios of a YAML file; write CSV, markdown and PNG plots.")
+    ap.add_argument("--scenarios", required=True, help="scenario YAML (e.g. benchmarks/scenarios/default.yml)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--episodes", type=int, default=None, help="episodes (seeds) per point, overriding the file")
+    ap.add_argument("--agent", action="append", default=[], metavar="NAME=PATH",
+                    help="a saved SB3 agent (zip, or a run folder) to include; repeatable")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these scenarios (by name)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (agents, real model)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--replot", action="store_true", help="only re-render the PNGs of --out from its summary.csv")
+    ap.add_argument("--ray", action="store_true",
+                    help="run every (scenario point, chunk of seeds) as a Ray task on a local Ray instance "
+                         "(needs the ray extra: pip install -e \".[ray]\"); same outputs as without --ray")
+    ap.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="join an existing Ray cluster (auto, or HOST:6379 from `ray start --head`); implies --ray")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    ap.add_argument("--ray-chunk", type=int, default=8, help="seeds per Ray task (default 8)")
+    args = ap.parse_args(argv)
+    if args.replot:
+        for p in replot(args.scenarios, args.out):
+            print(p)
+        return 0
+    if args.episodes is not None and args.episodes < 1:
+        ap.error("--episodes must be >= 1")
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    except ImportError:  # pragma: no cover
+        pass
+    if args.ray_chunk < 1:
+        ap.error("--ray-chunk must be >= 1")
+    if args.ray or args.ray_address:
+        from ..ray_utils import ray_missing_reason
+
+        reason = ray_missing_reason()
+        if reason:
+            ap.error(f"--ray: {reason}")
+    res = run_benchmark(args.scenarios, args.out, episodes=args.episodes, agents=_parse_agents(args.agent),
+                        progress=not args.no_progress, only=args.only, ray=args.ray, ray_address=args.ray_address,
+                        ray_num_cpus=args.num_cpus, ray_chunk=args.ray_chunk, threads=max(1, args.threads))
+    n, fails = res["dominance"]
+    print(f"wrote {args.out}: {len(res['records'])} episode records, {len(res['summary'])} summary rows, "
+          f"{sum(1 for k in res['paths'] if k.startswith('png:'))} plots in {res['wall_seconds']:.1f} s; "
+          f"siftmoe dominance: {n} comparisons, {len(fails)} failures")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
