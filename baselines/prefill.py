@@ -311,6 +311,10 @@ def solve_prefill_fast(inst: PrefillInstance, max_rounds: int = 20, report_gap: 
                        exact_gap: bool = False) -> PrefillSolution:
     """Marginal-cost greedy plus best-response rounds (see module docstring).
 
+    When the block it reaches is over a budget (a token over its error budget or an infeasible load), the
+    exact program is solved and its block returned instead if it keeps every budget (``method`` then reads
+    ``"best-response+exact"``): the fast policy never returns an over-budget block when a feasible one exists.
+
     ``report_gap``: also compute :func:`prefill_lower_bound`; ``exact_gap``:
     also solve the exact program so that ``gap`` is the gap to the optimum.
     """
@@ -345,10 +349,16 @@ def solve_prefill_fast(inst: PrefillInstance, max_rounds: int = 20, report_gap: 
         if not changed:
             break
     sol = PrefillSolution.from_assignment(inst, assign, method="best-response", rounds=rounds)
+    ex = None
+    if not sol.within_budget:
+        ex = solve_prefill_exact(inst)
+        if ex.within_budget:
+            sol = PrefillSolution.from_assignment(inst, ex.assignment, method="best-response+exact", rounds=rounds)
+            sol.optimum = ex.energy_j
     if report_gap:
         sol.lower_bound = prefill_lower_bound(inst)
     if exact_gap:
-        ex = solve_prefill_exact(inst)
+        ex = ex if ex is not None else solve_prefill_exact(inst)
         if ex.within_budget:
             sol.optimum = ex.energy_j
     return sol

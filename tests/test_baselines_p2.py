@@ -104,3 +104,24 @@ def test_fast_prefill_is_exact_on_tiny_blocks_often_and_never_below_optimum():
                 exact_hits += _close(fast.energy_j, bf.energy_j)
                 assert fast.lower_bound <= bf.energy_j * (1 + 1e-9)
     assert total >= 20 and exact_hits >= total // 2
+
+
+def test_fast_prefill_never_over_budget_when_a_feasible_block_exists():
+    """The fast policy falls back to the exact program when its own block breaks a budget (seeds 5 and 6 hold
+    blocks where best response alone ends over budget although a feasible block exists)."""
+    feasible = fell_back = 0
+    for seed in (5, 6):
+        rng = np.random.default_rng(seed)
+        system, t = _systems(TINY[:1])[0]
+        for _ in range(30):
+            inst = _block(system, t, rng)
+            bf = brute_force_prefill(inst)
+            fast = solve_prefill_fast(inst)
+            if bf.within_budget:
+                feasible += 1
+                assert fast.within_budget, (fast.method, fast.error_bound, inst.budget)
+                assert inst.evaluate(fast.assignment).within_budget
+                fell_back += fast.method == "best-response+exact"
+            else:
+                assert fast.method == "best-response"
+    assert feasible >= 20 and fell_back >= 2
