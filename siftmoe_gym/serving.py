@@ -29,6 +29,12 @@ Two exact algorithms:
   groups); the objective for ``U`` is then ``min_c`` of the weighted sum.  Every
   assignment is covered by the ``U`` of the nodes it uses, so the minimum
   over ``U`` is exact.
+
+The environments serve node-set actions by the same rule over a per-system
+enumeration table (:class:`siftmoe_gym.serving_table.ServingTable`):
+:func:`pick_row` (one decision) and :func:`pick_allowed_rows` (a batch,
+through :func:`pick_rows`) pick the served assignment among those a node
+set allows.
 """
 
 from __future__ import annotations
@@ -41,9 +47,7 @@ import numpy as np
 from .bounds import ABS_TOL, REL_TOL
 from .bounds import within_budget as _within
 from .instances import DecodeInstance
-
-TABLE_LIMIT = 4096
-"""Largest ``(N+1)^k`` for which the enumeration table is used."""
+from .serving_table import TABLE_LIMIT, ServingTable, combos, err_table  # noqa: F401  (ServingTable, err_table: re-exported)
 
 
 @dataclass(frozen=True)
@@ -56,15 +60,6 @@ class DecodeSolution:
 
 
 # ----------------------------------------------------------------- table method
-@lru_cache(maxsize=16)
-def _combos(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """All ``(n+1)^k`` assignments as server indices (skip = n) and their distinct counts."""
-    grids = np.stack(np.meshgrid(*[np.arange(n + 1)] * k, indexing="ij"), axis=-1).reshape(-1, k)
-    s = np.sort(np.where(grids == n, -1, grids), axis=1)
-    count = (s >= 0).sum(axis=1) - np.sum((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0), axis=1)
-    return grids.astype(np.int64), count.astype(np.float64)
-
-
 _NODE_TABLES: dict[tuple, np.ndarray] = {}
 
 
@@ -74,7 +69,7 @@ def _combo_nodes(node_of: np.ndarray, m1: int, k: int) -> np.ndarray:
     table = _NODE_TABLES.get(key)
     if table is None:
         n = len(node_of)
-        grids, _ = _combos(n, k)
+        grids, _ = combos(n, k)
         onehot = np.zeros((n + 1, m1))
         onehot[np.arange(n), node_of] = 1.0
         table = np.minimum(onehot[grids].sum(axis=1), 1.0)
@@ -100,12 +95,38 @@ def pick_rows(obj, err, energy, valid):
     return np.where(ok, pick_ok, pick_bad), ok
 
 
+def pick_row(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: float) -> tuple[int, bool]:
+    """Index of the served assignment among candidates (C,) and whether it meets ``cap``: the rule of
+    :func:`pick_rows` (and :func:`solve_decode`) for one decision.
+
+    Candidates are the ``allowed`` ones; among those within ``cap`` the least ``obj`` (ties within the
+    tolerance: lower error, then first index), otherwise the least error (ties: lower ``energy``).  The
+    same choice as ``pick_rows`` on one row with finite objectives, kept as its own function because
+    it skips the branch it does not need (it is on the environments' per-step path).
+    """
+    ok = allowed & _within(err, cap)
+    if ok.any():
+        o = np.where(ok, obj, np.inf)
+        best = o.min()
+        tie = ok & (o <= best + abs(best) * REL_TOL + ABS_TOL)
+        return int(np.argmin(np.where(tie, err, np.inf))), True
+    ea = np.where(allowed, err, np.inf)
+    tie = ea <= ea.min() * (1.0 + REL_TOL) + ABS_TOL
+    return int(np.argmin(np.where(tie, energy, np.inf))), False
+
+
+def pick_allowed_rows(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray,
+                      cap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Batched :func:`pick_row` over rows (B, C) with caps (B,): :func:`pick_rows` on the allowed candidates."""
+    return pick_rows(obj, np.where(allowed, err, np.inf), energy, allowed & _within(err, cap[:, None]))
+
+
 def _table_solve(gates, topk, dext, node_of, node_cost, allowed, cap, compute_cost, we, wr):
     """Batched table solver for one placement (``node_of`` (N,), ``dext`` (N, N+1))."""
     n = len(node_of)
     k = topk.shape[1]
     m1 = node_cost.shape[1]
-    grids, count = _combos(n, k)
+    grids, count = combos(n, k)
     cn = _combo_nodes(node_of, m1, k)  # (C, M+1)
     err = np.zeros((len(topk), len(grids)))
     for s in range(k):

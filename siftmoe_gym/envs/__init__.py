@@ -9,9 +9,11 @@
   (``gym.make_vec(id, n, vectorization_mode="vector_entry_point")``).
 """
 
-from .base import ACTION_MODES, OBS_MODES, SiftMoEEnv
+from .actions import ACTION_MODES
+from .base import SiftMoEEnv
 from .decode import DecodeEnv
 from .fastfading import FastFadingEnv
+from .observations import OBS_MODES
 from .prefill import PrefillEnv
 from .registration import ENV_IDS, register_envs
 from .vector import SiftMoEVectorEnv

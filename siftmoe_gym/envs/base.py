@@ -1,12 +1,19 @@
-"""Shared machinery of the siftmoe_gym environments.
+"""The Gymnasium shell shared by the siftmoe_gym environments.
 
-Everything that does not depend on the setting lives here: configuration
-handling (highway-env style ``default_config()`` merged with a
-:class:`~siftmoe_gym.config.SystemConfig`), the observation layout, the
-action spaces and their decoding, the serving of node-set actions (an exact
-enumeration table when ``(N+1)^k`` is small, :func:`siftmoe_gym.serving.solve_decode`
-otherwise), the reward, and the per-episode precomputation that keeps
-``step`` cheap.
+:class:`SiftMoEEnv` holds what does not depend on the setting: reset, the
+configuration (highway-env style ``default_config()`` merged with a
+:class:`~siftmoe_gym.config.SystemConfig`), the per-system setup, the
+serving of decoded actions and the per-episode precomputation that keeps
+``step`` cheap.  Each job with its own rules lives in its own module:
+
+- :mod:`siftmoe_gym.envs.config`: splitting and checking the ``config`` argument;
+- :mod:`siftmoe_gym.envs.actions`: the action modes (space, decoding, encoding);
+- :mod:`siftmoe_gym.envs.observations`: the observation blocks, their layout and static features;
+- :mod:`siftmoe_gym.envs.rewards`: the reward formula;
+- :mod:`siftmoe_gym.envs.metrics`: the episode-end metrics;
+- :mod:`siftmoe_gym.serving`: the serving rule (:func:`~siftmoe_gym.serving.pick_row`
+  over the enumeration table :class:`~siftmoe_gym.serving_table.ServingTable` when
+  ``(N+1)^k`` is small, :func:`~siftmoe_gym.serving.solve_decode` otherwise).
 
 Per episode the environment precomputes, for every step ``s`` of the
 episode, the arrays the step needs (router rows, the dissimilarity rows of
@@ -21,176 +28,36 @@ numbers bit for bit.  A single environment draws its next few episodes in
 one batch (:class:`~siftmoe_gym.envs.episodes.EpisodeCache`, invisible:
 ``np_random`` is left exactly where one-at-a-time drawing would leave it).
 Decode serves node-set actions from per-episode tables sorted by energy
-(the same choice as :func:`pick_row`, usually without scanning all
-assignments).
+(the same choice as :func:`~siftmoe_gym.serving.pick_row`, usually without
+scanning all assignments).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Any, Mapping
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
-from ..config import SystemConfig, make_config
-from ..energy import LN2, dbm_to_watt
+from ..bounds import ABS_TOL, REL_TOL
+from ..config import make_config
 from ..instances import DecodeInstance
-from ..bounds import ABS_TOL, REL_TOL, within_budget
-from ..serving import TABLE_LIMIT, solve_decode
-from ..serving import pick_rows as serving_pick_rows
+from ..serving import pick_row, solve_decode
+from ..serving_table import ServingTable
 from ..system import WideSystem
+from .actions import ACTION_MODES, make_action_codec
+from .config import SHAPE_KEYS, check_number, split_config
 from .episodes import EpisodeCache
+from .metrics import EPISODE_METRICS, add_episode_metrics
+from .observations import (
+    OBS_MODES, FeatureTables, ObservationLayout, as_dict, link_margin_db, one_token_threshold_gain, segments,
+    static_features,
+)
 
 SETTINGS = ("decode", "prefill", "fastfading")
-ACTION_MODES = ("nodes", "experts", "slots", "discrete")
-OBS_MODES = ("flat", "dict")
 RENDER_MODES = ("ansi", "rgb_array")
 
-MARGIN_SCALE_DB = 30.0
-"""Link margin (dB above the one-token feasibility threshold) is divided by this and clipped to [-1, 1]."""
-COST_CLIP = 10.0
-"""Per-node activation costs in top-k units are clipped to [0, COST_CLIP]."""
-NORM_CLIP = 4.0
-"""Hidden-state norm over the layer's typical norm, clipped to [0, NORM_CLIP]."""
-SOLO_CLIP = 8.0
-"""Solo error bounds in budget units, clipped to [0, SOLO_CLIP]."""
-ALLOW_TABLE_LIMIT = 1 << 21
-"""Largest L * 2^M * (N+1)^k for which the node-subset -> allowed-assignment table is precomputed."""
 
-_SYSTEM_KEYS = frozenset(f.name for f in dataclasses.fields(SystemConfig)) | {"preset"}
-_SHAPE_KEYS = ("num_experts", "top_k", "num_layers", "num_nodes")
-
-
-# --------------------------------------------------------------------------- serving table
-class ServingTable:
-    """Every assignment of the top-k slots enumerated once per system.
-
-    ``assign`` (C, k) int (-1 = skip), ``servers`` (C, k) server columns
-    (skip = N), ``count`` (C,) distinct computed experts, ``nodes`` (L, C, M+1)
-    bool nodes each assignment uses at each layer, and (when small enough)
-    ``allow`` (L, 2^M, C): whether the assignment only uses node 0 and the
-    nodes of an edge-node bitmask (bit ``m-1`` = node ``m``).
-    """
-
-    def __init__(self, system: WideSystem):
-        cfg = system.config
-        n, k, nl, m1 = cfg.num_experts, cfg.top_k, cfg.num_layers, cfg.num_nodes + 1
-        self.enabled = (n + 1) ** k <= TABLE_LIMIT
-        if not self.enabled:
-            return
-        grids = np.stack(np.meshgrid(*[np.arange(n + 1)] * k, indexing="ij"), axis=-1).reshape(-1, k)
-        s = np.sort(np.where(grids == n, -1, grids), axis=1)
-        count = (s >= 0).sum(axis=1) - np.sum((s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0), axis=1)
-        self.servers = grids.astype(np.int64)
-        self.assign = np.where(grids == n, -1, grids).astype(np.int64)
-        self.count = count.astype(np.float64)
-        onehot = np.zeros((nl, n + 1, m1), dtype=bool)
-        for lay in range(nl):
-            onehot[lay, np.arange(n), system.node_of[lay]] = True
-        self.nodes = onehot[:, grids].any(axis=2)  # (L, C, M+1)
-        self.nodes_f = self.nodes.astype(np.float64)
-        comp = np.zeros((len(grids), n + 1), dtype=bool)
-        np.put_along_axis(comp, grids, True, axis=1)
-        self.computed = comp[:, :n]
-        c = len(grids)
-        nsub = 1 << cfg.num_nodes
-        self.allow = None
-        if nl * nsub * c <= ALLOW_TABLE_LIMIT:
-            bits = ((np.arange(nsub)[:, None] >> np.arange(cfg.num_nodes)[None, :]) & 1).astype(bool)
-            disallowed = np.concatenate([np.zeros((nsub, 1), bool), ~bits], axis=1).astype(np.float64)
-            self.allow = np.einsum("lcm,am->lac", self.nodes_f, disallowed) == 0  # (L, 2^M, C)
-
-    def allowed_row(self, layer: int, mask: int, allowed_nodes: np.ndarray) -> np.ndarray:
-        if self.allow is not None:
-            return self.allow[layer, mask]
-        return self.nodes_f[layer] @ (~allowed_nodes).astype(np.float64) == 0
-
-    def err_rows(self, dk: np.ndarray, gates: np.ndarray) -> np.ndarray:
-        """Error bound of every assignment (S, C) from slot rows ``dk`` (S, k, N+1) and gates (S, k)."""
-        err = np.zeros((dk.shape[0], len(self.servers)))
-        for s in range(dk.shape[1]):
-            err += gates[:, s : s + 1] * dk[:, s][:, self.servers[:, s]]
-        return err
-
-
-def err_table(gdk: np.ndarray) -> np.ndarray:
-    """Error bound of every enumerated assignment, (..., (N+1)^k), from gate-weighted slot rows ``gdk`` (..., k, N+1).
-
-    The same numbers as :meth:`ServingTable.err_rows` (the slots' terms are
-    added in slot order), by broadcasting instead of gathering.
-    """
-    k, n1 = gdk.shape[-2], gdk.shape[-1]
-    lead = gdk.shape[:-2]
-    err = gdk[..., 0, :]
-    for s in range(1, k):
-        err = err[..., None] + gdk[..., s, :].reshape(lead + (1,) * s + (n1,))
-    return err.reshape(lead + (n1**k,))
-
-
-def pick_row(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: float) -> tuple[int, bool]:
-    """Index of the served assignment (same rule as :func:`siftmoe_gym.serving.solve_decode`)."""
-    ok = allowed & within_budget(err, cap)
-    if ok.any():
-        o = np.where(ok, obj, np.inf)
-        best = o.min()
-        tie = ok & (o <= best + abs(best) * REL_TOL + ABS_TOL)
-        return int(np.argmin(np.where(tie, err, np.inf))), True
-    ea = np.where(allowed, err, np.inf)
-    tie = ea <= ea.min() * (1.0 + REL_TOL) + ABS_TOL
-    return int(np.argmin(np.where(tie, energy, np.inf))), False
-
-
-def pick_rows(allowed: np.ndarray, err: np.ndarray, energy: np.ndarray, obj: np.ndarray, cap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batched :func:`pick_row` over rows (B, C): :func:`siftmoe_gym.serving.pick_rows` on the allowed rows."""
-    return serving_pick_rows(obj, np.where(allowed, err, np.inf), energy, allowed & within_budget(err, cap[:, None]))
-
-
-# --------------------------------------------------------------------------- config helpers
-def split_config(spec: Any, env_defaults: Mapping[str, Any]) -> tuple[SystemConfig | None, dict[str, Any], dict[str, Any]]:
-    """Split a ``config`` argument into (SystemConfig or None, system-key dict, env-key dict)."""
-    if spec is None:
-        return None, {}, {}
-    if isinstance(spec, SystemConfig):
-        return spec, {}, {}
-    if isinstance(spec, str):
-        return None, {"preset": spec}, {}
-    if isinstance(spec, Mapping):
-        env_part, sys_part, unknown = {}, {}, []
-        for key, value in spec.items():
-            if key in env_defaults:
-                env_part[key] = value
-            elif key in _SYSTEM_KEYS:
-                sys_part[key] = value
-            else:
-                unknown.append(key)
-        if unknown:
-            raise ValueError(
-                f"unknown config key(s) {sorted(map(str, unknown))}; environment keys: {sorted(env_defaults)}; "
-                f"system keys: {sorted(_SYSTEM_KEYS)}"
-            )
-        return None, sys_part, env_part
-    raise ValueError(f"config must be a preset name, a mapping or a SystemConfig, got {type(spec).__name__}")
-
-
-def _check_number(name: str, value: Any, low: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)) or value < low:
-        raise ValueError(f"invalid {name}={value!r}: must be a finite number >= {low}")
-    return float(value)
-
-
-def one_token_threshold_gain(config: SystemConfig, tau_s: float) -> float:
-    """Channel gain at which sending one hidden state within ``tau/2`` needs exactly ``P_max``."""
-    noise = float(dbm_to_watt(config.noise_psd_dbm_hz)) * config.bandwidth_hz
-    x = config.bits_per_token * LN2 / (config.bandwidth_hz * 0.5 * tau_s)
-    with np.errstate(over="ignore"):
-        val = noise * math.expm1(min(x, 700.0)) / float(dbm_to_watt(config.p_max_dbm))
-    return max(val, 1e-300)
-
-
-# --------------------------------------------------------------------------- base env
 class SiftMoEEnv(gym.Env):
     """Base class of the three settings; see the concrete classes for the documentation."""
 
@@ -261,10 +128,10 @@ class SiftMoEEnv(gym.Env):
 
     def _validate_env_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(cfg)
-        cfg["penalty"] = _check_number("penalty", cfg["penalty"])
-        cfg["penalty_latency"] = _check_number("penalty_latency", cfg["penalty_latency"])
+        cfg["penalty"] = check_number("penalty", cfg["penalty"])
+        cfg["penalty_latency"] = check_number("penalty_latency", cfg["penalty_latency"])
         if cfg["reward_floor_j"] is not None:
-            cfg["reward_floor_j"] = _check_number("reward_floor_j", cfg["reward_floor_j"])
+            cfg["reward_floor_j"] = check_number("reward_floor_j", cfg["reward_floor_j"])
             if cfg["reward_floor_j"] <= 0:
                 raise ValueError(f"invalid reward_floor_j={cfg['reward_floor_j']!r}: must be > 0 or None")
         if not isinstance(cfg["solo_error_features"], (bool, np.bool_)):
@@ -290,7 +157,7 @@ class SiftMoEEnv(gym.Env):
                 new_sys = self.system.config.replace(**sys_part)
             system = WideSystem(new_sys, trace=self.system.trace)
             old = self.system.config
-            changed = [k for k in _SHAPE_KEYS if getattr(system.config, k) != getattr(old, k)]
+            changed = [k for k in SHAPE_KEYS if getattr(system.config, k) != getattr(old, k)]
             if changed:
                 raise ValueError(
                     f"reset options cannot change {changed}: they fix the observation and action spaces; "
@@ -315,33 +182,16 @@ class SiftMoEEnv(gym.Env):
         floor = self.env_config["reward_floor_j"]
         self.floor = float(floor) if floor is not None else self.top_k * self.compute_cost + 1e-12
         self.table = ServingTable(sysm)
-        self._pow2 = (1 << np.arange(self.n_nodes)).astype(np.int64)
         self.budgets = np.asarray(sysm.budgets, dtype=np.float64)
         self._eps_div = np.maximum(self.budgets, 1e-12)  # budgets as divisors (a zero budget is allowed)
         self._tau = self._setting_tau()
         self._g_th = one_token_threshold_gain(cfg, self._tau)
-        n, m1 = self.n_experts, self.n_nodes + 1
-        avail = np.zeros((self.n_layers, m1, n + 1), dtype=bool)
-        for lay in range(self.n_layers):
-            no = sysm.node_of[lay]
-            for m in range(m1):
-                avail[lay, m, :n] = (no == 0) | (no == m)
-        avail[:, :, n] = True
-        self._solo_avail = avail
+        self._features = FeatureTables(sysm, self._eps_div)
+        m1 = self.n_nodes + 1
+        # node set of every edge-node bitmask (bit m-1 = node m), node 0 always in: (2^M, M+1)
         subsets = ((np.arange(1 << self.n_nodes)[:, None] >> np.arange(self.n_nodes)[None, :]) & 1).astype(bool)
         self._subset_nodes = np.concatenate([np.ones((len(subsets), 1), bool), subsets], axis=1)
-        self._fast_nodes = (
-            {subsets[i].astype(np.int8).tobytes(): i for i in range(len(subsets))} if self.n_nodes <= 12 else {}
-        )
-        # solo_best[l, m, i]: least dissimilarity (or skip cost) of expert i to an expert on node 0 or node m
-        dext = sysm.delta_ext  # (L, N, N+1)
-        self._solo_best = np.stack(
-            [np.where(avail[:, m][:, None, :], dext, np.inf).min(axis=2) for m in range(m1)], axis=1
-        )  # (L, M+1, N)
-        self._solo_best_rows = np.ascontiguousarray(self._solo_best.transpose(0, 2, 1)).reshape(-1, m1)  # (L*N, M+1)
-        self._layer_eye = np.eye(self.n_layers, dtype=np.float32)
         self._arange_k = np.arange(self.top_k)
-        self._arange_m1 = np.arange(m1)
         self._thr = self.budgets * (1.0 + REL_TOL) + ABS_TOL  # err <= thr: within budget (same rule as pick_row)
         tab = self.table
         self._set_tables = None
@@ -373,95 +223,34 @@ class SiftMoEEnv(gym.Env):
         return float(self.system.config.tau_s)
 
     # ---------------------------------------------------------------- spaces
-    def _segments(self) -> list[tuple[str, int, float, float]]:
-        n, m, nl = self.n_experts, self.n_nodes, self.n_layers
-        seg = [
-            ("router_probs", n, 0.0, 1.0),
-            ("topk_mask", n, 0.0, 1.0),
-            ("link_margin", m, -1.0, 1.0),
-            ("node_cost", m, 0.0, COST_CLIP),
-            ("node_feasible", m, 0.0, 1.0),
-            ("layer", nl, 0.0, 1.0),
-            ("norm", 1, 0.0, NORM_CLIP),
-        ]
-        if self.env_config["solo_error_features"]:
-            seg.append(("solo_error", m + 1, 0.0, SOLO_CLIP))
-        seg.append(("progress", 1, 0.0, 1.0))
-        seg.extend(self._extra_segments())
-        return seg
-
     def _extra_segments(self) -> list[tuple[str, int, float, float]]:
+        """The setting's own observation blocks (name, size, low, high), after the common ones."""
         return []
 
     def _build_spaces(self) -> None:
-        seg = self._segments()
-        self.obs_segments = seg
-        self.obs_slices: dict[str, slice] = {}
-        lows, highs, pos = [], [], 0
-        for name, size, lo, hi in seg:
-            self.obs_slices[name] = slice(pos, pos + size)
-            lows.append(np.full(size, lo, np.float32))
-            highs.append(np.full(size, hi, np.float32))
-            pos += size
-        self.obs_dim = pos
-        self._obs_low = np.concatenate(lows)
-        self._obs_high = np.concatenate(highs)
-        if self.obs_mode == "flat":
-            self.observation_space = spaces.Box(self._obs_low, self._obs_high, dtype=np.float32)
-        else:
-            self.observation_space = spaces.Dict(
-                {name: spaces.Box(lo, hi, shape=(size,), dtype=np.float32) for name, size, lo, hi in seg}
-            )
-        n, k, m = self.n_experts, self.top_k, self.n_nodes
-        if self.action_mode == "nodes":
-            self.action_space = spaces.MultiBinary(m)
-        elif self.action_mode == "experts":
-            self.action_space = spaces.MultiBinary(n)
-        elif self.action_mode == "slots":
-            self.action_space = spaces.MultiDiscrete(np.full(k, n + 1, dtype=np.int64))
-        else:
-            self.action_space = spaces.Discrete(1 << m)
+        segs = segments(self.n_experts, self.n_nodes, self.n_layers, self.env_config["solo_error_features"],
+                        self._extra_segments())
+        layout = ObservationLayout(segs, self.obs_mode)
+        self.obs_layout = layout
+        self.obs_segments = layout.segments
+        self.obs_slices = layout.slices
+        self.obs_dim = layout.dim
+        self._obs_low, self._obs_high = layout.low, layout.high
+        self.observation_space = layout.space
+        self.action_codec = make_action_codec(self.action_mode, self.n_experts, self.top_k, self.n_nodes)
+        self.action_space = self.action_codec.space
 
     def _format_obs(self, flat: np.ndarray):
         if self.obs_mode == "flat":
             return flat
-        return {name: flat[sl] for name, sl in self.obs_slices.items()}
+        return as_dict(flat, self.obs_slices)
 
     # ------------------------------------------------------- episode arrays
     def _static_features(self, probs, topk, layers, norms, dk, gates, gain_db_margin, node_cost, node_feas, e_ref, progress):
-        """Static observation rows (..., obs_dim) float32 over any leading shape; dynamic parts are filled per step.
-
-        Every row is computed on its own (the native vector environment calls
-        this with leading shape (copies, steps) and gets the single
-        environment's rows bit for bit).  ``dk`` is unused (kept for callers).
-        """
-        sl = self.obs_slices
-        lead = probs.shape[:-1]
-        obs = np.zeros(lead + (self.obs_dim,), dtype=np.float32)
-        obs[..., sl["router_probs"]] = probs
-        mask = np.zeros(lead + (self.n_experts,), dtype=np.float32)
-        np.put_along_axis(mask, topk, 1.0, axis=-1)
-        obs[..., sl["topk_mask"]] = mask
-        obs[..., sl["link_margin"]] = np.clip(gain_db_margin / MARGIN_SCALE_DB, -1.0, 1.0)
-        if node_cost is not None:
-            obs[..., sl["node_cost"]] = np.clip(node_cost[..., 1:] / e_ref[..., None], 0.0, COST_CLIP)
-            obs[..., sl["node_feasible"]] = node_feas[..., 1:]
-        obs[..., sl["layer"]] = self._layer_eye[layers]
-        obs[..., sl["norm"]] = np.clip(norms / self.system.profile.norm_scale[layers], 0.0, NORM_CLIP)[..., None]
-        if "solo_error" in sl:
-            lay = np.broadcast_to(layers, lead)
-            if self.top_k <= 2:  # the same sum, slot by slot (one addition: no rounding-order question)
-                flat = self._solo_best_rows  # (L*N, M+1)
-                rows = lay * self.n_experts
-                solo = gates[..., 0, None] * flat[rows + topk[..., 0]]
-                if self.top_k == 2:
-                    solo = solo + gates[..., 1, None] * flat[rows + topk[..., 1]]
-            else:
-                best = self._solo_best[lay[..., None, None], self._arange_m1[:, None], topk[..., None, :]]  # (..., M+1, k)
-                solo = np.sum(gates[..., None, :] * best, axis=-1)
-            obs[..., sl["solo_error"]] = np.clip(solo / self._eps_div[layers][..., None], 0.0, SOLO_CLIP)
-        obs[..., sl["progress"]] = progress[..., None]
-        return obs
+        """:func:`~siftmoe_gym.envs.observations.static_features` with this environment's layout and tables
+        (``dk`` is unused, kept for callers)."""
+        return static_features(self.obs_layout, self._features, probs, topk, layers, norms, gates, gain_db_margin,
+                               node_cost, node_feas, e_ref, progress)
 
     def _combo_energies(self, cost: np.ndarray, layer: int | None = None) -> np.ndarray:
         """Energy of every enumerated assignment at every layer: (..., L, C) for node costs (..., M+1)
@@ -480,55 +269,13 @@ class SiftMoEEnv(gym.Env):
         return np.where(tab.nodes, cost[..., None, None, :], 0.0).sum(axis=-1) + self.compute_cost * tab.count
 
     def _margin_db(self, gains: np.ndarray) -> np.ndarray:
-        return 10.0 * np.log10(np.maximum(gains, 1e-300) / self._g_th)
+        return link_margin_db(gains, self._g_th)
 
     # --------------------------------------------------------------- actions
-    def _bad_action(self, action: Any, why: str) -> ValueError:
-        return ValueError(f"invalid action {action!r} for action_mode={self.action_mode!r}: {why}; expected an element of {self.action_space}")
-
     def decode_action(self, action: Any) -> tuple[str, Any]:
-        """Validate ``action`` and return ``("nodes", bitmask)``, ``("experts", mask)`` or ``("slots", servers)``."""
-        mode = self.action_mode
-        if mode == "discrete":
-            if isinstance(action, (bool, np.bool_)):
-                raise self._bad_action(action, "a bool is not a node-subset index")
-            if isinstance(action, (int, np.integer)):
-                a = int(action)
-            else:
-                arr = np.asarray(action)
-                if arr.shape not in ((), (1,)) or arr.dtype.kind not in "iu":
-                    raise self._bad_action(action, "need an integer scalar")
-                a = int(arr.reshape(-1)[0])
-            if not 0 <= a < (1 << self.n_nodes):
-                raise self._bad_action(action, f"out of range [0, {(1 << self.n_nodes) - 1}]")
-            return "nodes", a
-        if mode == "nodes" and type(action) is np.ndarray and action.dtype == np.int8:
-            hit = self._fast_nodes.get(action.tobytes()) if action.shape == (self.n_nodes,) else None
-            if hit is not None:
-                return "nodes", hit
-        arr = np.asarray(action)
-        shape = (self.n_nodes,) if mode == "nodes" else (self.n_experts,) if mode == "experts" else (self.top_k,)
-        if arr.shape != shape:
-            raise self._bad_action(action, f"shape {arr.shape} != {shape}")
-        kind = arr.dtype.kind
-        if kind not in "biuf":
-            raise self._bad_action(action, f"dtype {arr.dtype} is not numeric")
-        if mode == "slots":
-            if kind == "b":
-                raise self._bad_action(action, "dtype bool")
-            if kind == "f" and not np.all(np.floor(arr) == arr):
-                raise self._bad_action(action, "values must be integers")
-            srv = arr.astype(np.int64)
-            if srv.min() < 0 or srv.max() > self.n_experts:
-                raise self._bad_action(action, f"values must be in [0, {self.n_experts}] ({self.n_experts} = skip)")
-            return "slots", srv
-        if kind != "b":
-            if not np.all((arr == 0) | (arr == 1)):
-                raise self._bad_action(action, "values must be 0 or 1")
-        bits = arr.astype(bool)
-        if mode == "nodes":
-            return "nodes", int(self._pow2[bits].sum())
-        return "experts", bits
+        """Validate ``action`` and return ``("nodes", bitmask)``, ``("experts", mask)`` or ``("slots", servers)``
+        (:mod:`siftmoe_gym.envs.actions`)."""
+        return self.action_codec.decode(action)
 
     def encode_action(self, assignment: np.ndarray) -> Any:
         """The action of this env's action mode that reproduces ``assignment`` (int (k,), -1 = skip).
@@ -537,20 +284,7 @@ class SiftMoEEnv(gym.Env):
         always on); experts: its computed set; slots: the assignment with skip
         written as N.
         """
-        a = np.asarray(assignment, dtype=np.int64).reshape(-1)
-        if a.shape != (self.top_k,) or a.min() < -1 or a.max() >= self.n_experts:
-            raise ValueError(f"assignment must be {self.top_k} ints in [-1, {self.n_experts - 1}], got {assignment!r}")
-        if self.action_mode == "slots":
-            return np.where(a < 0, self.n_experts, a).astype(np.int64)
-        if self.action_mode == "experts":
-            out = np.zeros(self.n_experts, dtype=np.int8)
-            out[a[a >= 0]] = 1
-            return out
-        used = np.zeros(self.n_nodes + 1, dtype=bool)
-        used[self.system.node_of[self.layer][a[a >= 0]]] = True
-        if self.action_mode == "nodes":
-            return used[1:].astype(np.int8)
-        return int(self._pow2[used[1:]].sum())
+        return self.action_codec.encode(assignment, lambda: self.system.node_of[self.layer])
 
     # --------------------------------------------------------------- serving
     def _serve(self, kind: str, payload: Any, s: int, layer: int, cost: np.ndarray, feas: np.ndarray, viol: np.ndarray,
@@ -667,8 +401,7 @@ class SiftMoEEnv(gym.Env):
     def _step_costs_at(self, s: int):
         return self._cost, self._feas, self._viol
 
-    EPISODE_METRICS = ("energy_per_token_j", "topk_energy_per_token_j", "saving_pct", "violation_rate",
-                       "latency_violation_rate")
+    EPISODE_METRICS = EPISODE_METRICS
     """Keys added to the last step's ``info`` (flat, and together under ``info["episode_metrics"]``)."""
 
     def _episode_reference(self) -> tuple[int, float]:
@@ -676,26 +409,10 @@ class SiftMoEEnv(gym.Env):
         return self.env_config["episode_tokens"], self._ep_sums[1]
 
     def _add_episode_metrics(self, info: dict[str, Any]) -> None:
-        """Episode-end metrics: energy per token (J), top-k's, saving against top-k (%), violation rates."""
+        """Episode-end metrics (:mod:`siftmoe_gym.envs.metrics`)."""
         e, _, nv, nl = self._ep_sums
         tokens, et = self._episode_reference()
-        steps = self._n_steps
-        m = {
-            "energy_per_token_j": e / tokens,
-            "topk_energy_per_token_j": et / tokens,
-            "saving_pct": 100.0 * (1.0 - e / et) if et > 0 else 0.0,
-            "violation_rate": nv / steps,
-            "latency_violation_rate": nl / steps,
-        }
-        info.update(m)
-        info["episode_metrics"] = dict(m)
-
-    # ----------------------------------------------------------------- reward
-    def _reward(self, energy: float, denom_energy: float, err: float, thr: float, eps: float, lat: float) -> tuple[float, float, float]:
-        r_e = -(energy + self.floor) / (denom_energy + self.floor)
-        r_a = 0.0 if within_budget(err, thr) else -self.env_config["penalty"] * (1.0 + (err - thr) / eps)
-        r_l = -self.env_config["penalty_latency"] * (1.0 + lat / self._tau) if lat > 0.0 else 0.0
-        return r_e, r_a, r_l
+        add_episode_metrics(info, e, et, nv, nl, tokens, self._n_steps)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -6,9 +6,12 @@ from typing import Any
 
 import numpy as np
 
-from ..bounds import ABS_TOL, REL_TOL, within_budget
-from .base import SiftMoEEnv, err_table, pick_row
+from ..bounds import ABS_TOL, REL_TOL
+from ..serving import pick_row
+from ..serving_table import err_table
+from .base import SiftMoEEnv
 from .episodes import draw_decode_episodes, episode_row
+from .rewards import reward_terms
 
 
 def draw_decode_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
@@ -303,8 +306,8 @@ class DecodeEnv(SiftMoEEnv):
             self._fast = (order, tie_end, allow_sorted, tabs["errok_sorted"][j], self.table.allow)
 
     def _pick_nodes(self, s: int, layer: int, mask: int) -> int:
-        """Index of the combo serving node set ``mask`` at step ``s`` (exactly :func:`pick_row`'s choice with
-        the activated nodes paid, i.e. objective ``e_c * |C|``)."""
+        """Index of the combo serving node set ``mask`` at step ``s`` (exactly :func:`~siftmoe_gym.serving.pick_row`'s
+        choice with the activated nodes paid, i.e. objective ``e_c * |C|``)."""
         order, tie_end, allow_sorted, errok_sorted, allow = self._fast
         row = allow_sorted[layer, mask] & errok_sorted[s]
         p = int(row.argmax())
@@ -336,7 +339,7 @@ class DecodeEnv(SiftMoEEnv):
     def step(self, action):
         if not self._episode_ready:
             raise RuntimeError("call reset() before step() (the episode has ended or not started)")
-        kind, payload = self.decode_action(action)
+        kind, payload = self.action_codec.decode(action)
         s = self._s
         layer = self._layer_list[s]
         eps = float(self.budgets[layer])
@@ -358,11 +361,9 @@ class DecodeEnv(SiftMoEEnv):
             energy, err, lat = res["energy"], res["err"], res["lat"]
             assignment, computed, used, active = res["assignment"], res["computed"], res["used"], res["active"]
         e_topk = self._topk_e_list[s]
-        floor = self.floor
-        r_e = -(energy + floor) / (e_topk + floor)
-        violation = not within_budget(err, eps)
-        r_a = -self.env_config["penalty"] * (1.0 + (err - eps) / float(self._eps_div[layer])) if violation else 0.0
-        r_l = -self.env_config["penalty_latency"] * (1.0 + lat / self._tau) if lat > 0.0 else 0.0
+        cfg = self.env_config
+        r_e, r_a, r_l, violation = reward_terms(energy, e_topk, err, eps, float(self._eps_div[layer]), lat, self.floor,
+                                                cfg["penalty"], cfg["penalty_latency"], self._tau)
         reward = r_e + r_a + r_l
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": eps,

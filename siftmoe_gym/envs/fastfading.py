@@ -7,9 +7,11 @@ from typing import Any
 import numpy as np
 
 from ..bounds import within_budget
-from .base import SiftMoEEnv, _check_number
+from .base import SiftMoEEnv
+from .config import check_number
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
 from .episodes import draw_fastfading_episodes, episode_row
+from .rewards import average_penalty, reward_terms
 
 SERVING_RULES = ("drift", "energy")
 
@@ -134,7 +136,7 @@ class FastFadingEnv(SiftMoEEnv):
 
     def _validate_env_config(self, cfg):
         cfg = super()._validate_env_config(cfg)
-        cfg["queue_clip"] = _check_number("queue_clip", cfg["queue_clip"])
+        cfg["queue_clip"] = check_number("queue_clip", cfg["queue_clip"])
         if cfg["queue_clip"] <= 0:
             raise ValueError(f"invalid queue_clip={cfg['queue_clip']!r}: must be > 0")
         if cfg["serving_rule"] not in SERVING_RULES:
@@ -247,7 +249,7 @@ class FastFadingEnv(SiftMoEEnv):
     def step(self, action):
         if not self._episode_ready:
             raise RuntimeError("call reset() before step() (the episode has ended or not started)")
-        kind, payload = self.decode_action(action)
+        kind, payload = self.action_codec.decode(action)
         s = self._s
         layer = int(self._layers[s])
         t = int(self._tok[s])
@@ -257,7 +259,9 @@ class FastFadingEnv(SiftMoEEnv):
         cost, feas, viol = self._cost[t], self._feas[t], self._viol[t]
         res = self._serve(kind, payload, s, layer, cost, feas, viol, cap, w["energy_weight"], w["error_weight"])
         e_topk = float(self._topk_e[s])
-        r_e, r_a, r_l = self._reward(res["energy"], e_topk, res["err"], cap, float(self._eps_div[layer]), res["lat"])
+        cfg = self.env_config
+        r_e, r_a, r_l, cap_violation = reward_terms(res["energy"], e_topk, res["err"], cap, float(self._eps_div[layer]),
+                                                    res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau)
         ratio = res["err"] / float(self._eps_div[layer])
         self.queue[layer] = max(self.queue[layer] + ratio - 1.0, 0.0)
         self._ratio_sum[layer] += ratio
@@ -267,7 +271,7 @@ class FastFadingEnv(SiftMoEEnv):
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps, "cap": cap,
             "violation": not within_budget(res["err"], eps),
-            "cap_violation": not within_budget(res["err"], cap),
+            "cap_violation": cap_violation,
             "latency_violation": res["lat"], "assignment": res["assignment"], "computed": res["computed"],
             "nodes_used": res["used"], "activated_nodes": res["active"], "queue": self.queue.copy(),
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
@@ -282,7 +286,7 @@ class FastFadingEnv(SiftMoEEnv):
             self._add_episode_metrics(info)
             tokens = self.env_config["episode_tokens"]
             mean_ratio = self._ratio_sum / tokens
-            r_avg = -self.env_config["penalty"] * tokens * float(np.maximum(mean_ratio - 1.0, 0.0).sum())
+            r_avg = average_penalty(mean_ratio, tokens, self.env_config["penalty"])
             info["mean_error_ratio"] = mean_ratio
             self._episode_ready = False
         info["reward_average"] = r_avg

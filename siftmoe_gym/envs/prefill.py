@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..bounds import within_budget
 from ..instances import PrefillInstance
 from .base import SiftMoEEnv
+from .observations import COST_CLIP
+from .rewards import reward_terms
 
 
 def draw_prefill_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
@@ -217,7 +218,7 @@ class PrefillEnv(SiftMoEEnv):
         cost, feas, _ = self._step_costs()
         layer = int(self._layers[s])
         sl = self.obs_slices
-        obs[sl["node_cost"]] = np.clip(cost[1:] / (self._e_bar[layer] + self.floor), 0.0, 10.0)
+        obs[sl["node_cost"]] = np.clip(cost[1:] / (self._e_bar[layer] + self.floor), 0.0, COST_CLIP)
         obs[sl["node_feasible"]] = feas[1:]
         obs[sl["loads"]] = self._loads[1:] / self._T
         return obs
@@ -225,7 +226,7 @@ class PrefillEnv(SiftMoEEnv):
     def step(self, action):
         if not self._episode_ready:
             raise RuntimeError("call reset() before step() (the episode has ended or not started)")
-        kind, payload = self.decode_action(action)
+        kind, payload = self.action_codec.decode(action)
         s = self._s
         layer = int(self._layers[s])
         eps = float(self.budgets[layer])
@@ -233,14 +234,16 @@ class PrefillEnv(SiftMoEEnv):
         res = self._serve(kind, payload, s, layer, cost, feas, viol, eps, 1.0, 0.0)
         e_topk = self._topk_energy(s, cost)
         e_bar = float(self._e_bar[layer])
-        r_e, r_a, r_l = self._reward(res["energy"], e_bar, res["err"], eps, float(self._eps_div[layer]), res["lat"])
+        cfg = self.env_config
+        r_e, r_a, r_l, violation = reward_terms(res["energy"], e_bar, res["err"], eps, float(self._eps_div[layer]),
+                                                res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau)
         reward = r_e + r_a + r_l
         self._loads = self._loads + res["active"]  # every activated node receives the token (paid)
         self._block_viol += res["lat"]
         self._block_energy += res["energy"]
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps,
-            "violation": not within_budget(res["err"], eps), "latency_violation": res["lat"],
+            "violation": violation, "latency_violation": res["lat"],
             "assignment": res["assignment"], "computed": res["computed"], "nodes_used": res["used"],
             "activated_nodes": res["active"],
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,

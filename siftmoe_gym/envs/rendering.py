@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .observations import MARGIN_SCALE_DB
+
 SIZE = 320
 _BG = np.array([250, 250, 250], np.uint8)
 
@@ -13,7 +15,7 @@ def _state(env):
     s = min(env._s, env._n_steps - 1)
     cost, feas, _ = env._step_costs()
     flat = env._observation()
-    margin = flat[env.obs_slices["link_margin"]] * 30.0
+    margin = flat[env.obs_slices["link_margin"]] * MARGIN_SCALE_DB
     return s, cost, feas, margin
 
 

@@ -35,11 +35,14 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..bounds import ABS_TOL, REL_TOL, within_budget
-from .base import err_table, pick_rows
+from ..serving import pick_allowed_rows
+from ..serving_table import err_table
 from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
+from .metrics import add_episode_metrics_batch
 from .prefill import PrefillEnv
+from .rewards import average_penalty, reward_terms_batch
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 
@@ -200,31 +203,8 @@ class SiftMoEVectorEnv(VectorEnv):
         return ValueError(f"invalid actions for action_mode={self.env.action_mode!r}: {why}; expected {self.num_envs} stacked elements of {self.single_action_space}, i.e. {self.action_space}")
 
     def _decode_actions(self, actions):
-        env, n = self.env, self.num_envs
-        mode = env.action_mode
-        arr = np.asarray(actions)
-        if mode == "discrete":
-            if arr.shape != (n,) or arr.dtype.kind not in "iu":
-                raise self._bad(actions, f"need {n} integers, got shape {arr.shape} dtype {arr.dtype}")
-            if arr.min() < 0 or arr.max() >= (1 << env.n_nodes):
-                raise self._bad(actions, "node-subset index out of range")
-            return "nodes", arr.astype(np.int64)
-        width = {"nodes": env.n_nodes, "experts": env.n_experts, "slots": env.top_k}[mode]
-        if arr.shape != (n, width) or arr.dtype.kind not in "biuf":
-            raise self._bad(actions, f"shape {arr.shape} dtype {arr.dtype}")
-        if mode == "slots":
-            if arr.dtype.kind == "b" or (arr.dtype.kind == "f" and not np.all(np.floor(arr) == arr)):
-                raise self._bad(actions, "values must be integers")
-            srv = arr.astype(np.int64)
-            if srv.min() < 0 or srv.max() > env.n_experts:
-                raise self._bad(actions, f"values must be in [0, {env.n_experts}]")
-            return "slots", srv
-        if arr.dtype.kind != "b" and not np.all((arr == 0) | (arr == 1)):
-            raise self._bad(actions, "values must be 0 or 1")
-        bits = arr.astype(bool)
-        if mode == "nodes":
-            return "nodes", bits.astype(np.int64) @ env._pow2
-        return "experts", bits
+        """The single environment's action codec over the stacked actions (:mod:`siftmoe_gym.envs.actions`)."""
+        return self.env.action_codec.decode_batch(actions, self.num_envs, self._bad)
 
     # ------------------------------------------------------------------ step
     def _serving_static(self):
@@ -249,10 +229,11 @@ class SiftMoEVectorEnv(VectorEnv):
         return self._static
 
     def _serve_nodes(self, static, layer, payload, topk, gates, cap):
-        """Batched :func:`pick_rows` for node-set actions in decode (objective ``e_c |C|``): the same choices.
+        """Batched :func:`~siftmoe_gym.serving.pick_allowed_rows` for node-set actions in decode (objective
+        ``e_c |C|``): the same choices.
 
         Works copy-minor: ``err_s`` (C, n) holds every combo's error bound (the
-        same sums as :func:`err_table`), ``inf`` where a server sits off node 0
+        same sums as :func:`~siftmoe_gym.serving_table.err_table`), ``inf`` where a server sits off node 0
         and the activated nodes, rows sorted by count level (ascending combo
         index within a level).  Adjacent distinct-count levels never tie, so the
         choice is lexicographic: the lowest level whose least error is in
@@ -350,12 +331,12 @@ class SiftMoEVectorEnv(VectorEnv):
                 allow = (~active).astype(np.float64) @ tab.nodes_f[layer].T == 0
             if not ff:
                 ecb = np.broadcast_to(ec, err_c.shape)
-                idx = pick_rows(allow, err_c, ecb, ecb, np.full(n, cap))[0]
+                idx = pick_allowed_rows(allow, err_c, ecb, ecb, np.full(n, cap))[0]
                 energy = self._mask_e[ar, payload] + ec[idx]
                 lat = self._mask_lat[ar, payload]
             else:
                 obj = we[:, None] * ec + wr[:, None] * err_c
-                idx, _ = pick_rows(allow, err_c, np.broadcast_to(ec, err_c.shape), obj, np.full(n, cap))
+                idx, _ = pick_allowed_rows(allow, err_c, np.broadcast_to(ec, err_c.shape), obj, np.full(n, cap))
                 energy = np.where(active, cost, 0.0).sum(axis=1) + ec[idx]
                 lat = np.where(active, viol, 0.0).max(axis=1)
             servers = tab.servers[idx]
@@ -381,11 +362,9 @@ class SiftMoEVectorEnv(VectorEnv):
             assignment = np.where(servers >= nn, -1, servers)
             active = used
             lat = np.where(used, viol, 0.0).max(axis=1)
-        pen, pen_l = env.env_config["penalty"], env.env_config["penalty_latency"]
-        r_e = -(energy + env.floor) / (e_topk + env.floor)
-        thr = cap
-        r_a = np.where(within_budget(err, thr), 0.0, -pen * (1.0 + np.maximum(err - thr, 0.0) / eps_d))
-        r_l = np.where(lat > 0.0, -pen_l * (1.0 + lat / env._tau), 0.0)
+        pen = env.env_config["penalty"]
+        r_e, r_a, r_l, over = reward_terms_batch(energy, e_topk, err, cap, eps_d, lat, env.floor, pen,
+                                                 env.env_config["penalty_latency"], env._tau)
         reward = r_e + r_a + r_l
         violation = ~within_budget(err, eps)
         info = {
@@ -406,13 +385,13 @@ class SiftMoEVectorEnv(VectorEnv):
             self._queue[:, layer] = np.maximum(self._queue[:, layer] + ratio - 1.0, 0.0)
             self._ratio_sum[:, layer] += ratio
             info["cap"] = np.full(n, cap)
-            info["cap_violation"] = ~within_budget(err, cap)
+            info["cap_violation"] = over  # err over the cap: the accuracy term's test
             info["queue"] = self._queue.copy()
             r_avg = np.zeros(n)
             if terminated:
                 tokens = self._tokens_per_ep
                 mean_ratio = self._ratio_sum / tokens
-                r_avg = -pen * tokens * np.maximum(mean_ratio - 1.0, 0.0).sum(axis=1)
+                r_avg = average_penalty(mean_ratio, tokens, pen)
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
             reward = reward + r_avg
@@ -426,14 +405,9 @@ class SiftMoEVectorEnv(VectorEnv):
         return obs, reward, np.full(n, terminated), np.zeros(n, dtype=bool), info
 
     def _episode_metrics(self, info) -> None:
-        """The single environment's episode-end metrics, per copy (see ``SiftMoEEnv.EPISODE_METRICS``)."""
+        """The single environment's episode-end metrics, per copy (:mod:`siftmoe_gym.envs.metrics`)."""
         e, et, nv, nl = self._sums
-        tokens, steps = self._tokens_per_ep, self._n_steps
-        with np.errstate(divide="ignore", invalid="ignore"):
-            saving = np.where(et > 0, 100.0 * (1.0 - e / np.where(et > 0, et, 1.0)), 0.0)
-        m = {"energy_per_token_j": e / tokens, "topk_energy_per_token_j": et / tokens, "saving_pct": saving,
-             "violation_rate": nv / steps, "latency_violation_rate": nl / steps}
-        info.update(m)
+        add_episode_metrics_batch(info, e, et, nv, nl, self._tokens_per_ep, self._n_steps)
 
     def _step_loop(self, actions):
         n = self.num_envs

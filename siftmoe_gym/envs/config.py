@@ -1,0 +1,57 @@
+"""The ``config`` argument of the siftmoe_gym environments (highway-env style).
+
+An environment takes ``config`` as a preset name, a
+:class:`~siftmoe_gym.config.SystemConfig`, or one dict mixing environment
+keys (the class's ``default_config()``) with system keys
+(:class:`~siftmoe_gym.config.SystemConfig` fields and ``preset``);
+:func:`split_config` separates them.  (The system configuration itself is
+:mod:`siftmoe_gym.config`.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..config import SystemConfig
+
+SYSTEM_KEYS = frozenset(f.name for f in dataclasses.fields(SystemConfig)) | {"preset"}
+"""Keys of a config dict that go to the system configuration."""
+SHAPE_KEYS = ("num_experts", "top_k", "num_layers", "num_nodes")
+"""System keys that fix the observation and action spaces (``reset`` options cannot change them)."""
+
+
+def split_config(spec: Any, env_defaults: Mapping[str, Any]) -> tuple[SystemConfig | None, dict[str, Any], dict[str, Any]]:
+    """Split a ``config`` argument into (SystemConfig or None, system-key dict, env-key dict)."""
+    if spec is None:
+        return None, {}, {}
+    if isinstance(spec, SystemConfig):
+        return spec, {}, {}
+    if isinstance(spec, str):
+        return None, {"preset": spec}, {}
+    if isinstance(spec, Mapping):
+        env_part, sys_part, unknown = {}, {}, []
+        for key, value in spec.items():
+            if key in env_defaults:
+                env_part[key] = value
+            elif key in SYSTEM_KEYS:
+                sys_part[key] = value
+            else:
+                unknown.append(key)
+        if unknown:
+            raise ValueError(
+                f"unknown config key(s) {sorted(map(str, unknown))}; environment keys: {sorted(env_defaults)}; "
+                f"system keys: {sorted(SYSTEM_KEYS)}"
+            )
+        return None, sys_part, env_part
+    raise ValueError(f"config must be a preset name, a mapping or a SystemConfig, got {type(spec).__name__}")
+
+
+def check_number(name: str, value: Any, low: float = 0.0) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) ``>= low``; else ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)) or value < low:
+        raise ValueError(f"invalid {name}={value!r}: must be a finite number >= {low}")
+    return float(value)

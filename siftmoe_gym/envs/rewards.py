@@ -1,0 +1,74 @@
+"""The reward of the siftmoe_gym environments.
+
+One step's reward is the sum of three terms (``docs/model.md`` section 8,
+"Rewards rank decisions as P1 does", with the floor of section 6):
+
+    r = r_energy + r_accuracy + r_latency
+
+    r_energy   = -(E + f) / (E_ref + f)
+    r_accuracy = -penalty * (1 + (err - thr) / eps)            if err > thr (up to the budget test), else 0
+    r_latency  = -penalty_latency * (1 + violation / tau)       if violation > 0, else 0
+
+- ``E``: the step's energy (J); ``E_ref``: the reference energy, top-k's
+  on the same token and channels (Decode, FastFading) or top-k's block
+  energy per token at the layer (Prefill); ``f = reward_floor_j`` (default
+  ``k e_c + 1e-12`` J), added to both so that top-k scores exactly -1 on
+  feasible links and nothing divides by zero (section 6).
+- ``err``: the step's error bound; ``thr``: the error it may reach (the
+  layer budget ``eps_l``; in FastFading the per-token cap
+  ``eps_max = eps_max_factor * eps_l``); ``eps``: the layer budget as a
+  divisor (``max(eps_l, 1e-12)``).  Over the threshold the penalty has a
+  fixed part, so any violation costs more than any energy saving.  The test
+  is :func:`siftmoe_gym.bounds.within_budget`.
+- ``violation``: the step's latency violation (s), ``tau`` the setting's
+  latency budget; a latency violation (a hard constraint in P1) costs at
+  least ``penalty_latency`` (default 50), more than the accuracy penalty
+  typically reaches.
+
+FastFading adds at the episode's end the average term of P3 (section 6: the
+accuracy penalty belongs to the average):
+``r_average = -penalty * T * sum_l max(mean_t err_{t,l} / eps_l - 1, 0)``
+(:func:`average_penalty`).
+
+:func:`reward_terms` computes one step's terms, :func:`reward_terms_batch`
+the same for the native vector environment's copies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bounds import within_budget
+
+
+def reward_terms(energy: float, ref_energy: float, err: float, thr: float, eps: float, lat: float, floor: float,
+                 penalty: float, penalty_latency: float, tau: float) -> tuple[float, float, float, bool]:
+    """``(r_energy, r_accuracy, r_latency, over)`` of one step (module docstring); ``over``: whether
+    ``err`` exceeds ``thr`` (the accuracy term applies)."""
+    r_e = -(energy + floor) / (ref_energy + floor)
+    over = not within_budget(err, thr)
+    r_a = -penalty * (1.0 + (err - thr) / eps) if over else 0.0
+    r_l = -penalty_latency * (1.0 + lat / tau) if lat > 0.0 else 0.0
+    return r_e, r_a, r_l, over
+
+
+def reward_terms_batch(energy: np.ndarray, ref_energy: np.ndarray, err: np.ndarray, thr: float, eps: float,
+                       lat: np.ndarray, floor: float, penalty: float, penalty_latency: float,
+                       tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`reward_terms` over copies (arrays (n,); ``thr`` and ``eps`` shared): ``(r_energy, r_accuracy,
+    r_latency, over)``, elementwise the single step's numbers."""
+    r_e = -(energy + floor) / (ref_energy + floor)
+    ok = within_budget(err, thr)
+    r_a = np.where(ok, 0.0, -penalty * (1.0 + np.maximum(err - thr, 0.0) / eps))
+    r_l = np.where(lat > 0.0, -penalty_latency * (1.0 + lat / tau), 0.0)
+    return r_e, r_a, r_l, ~ok
+
+
+def average_penalty(mean_ratio: np.ndarray, tokens: int, penalty: float):
+    """FastFading's end-of-episode term ``-penalty * T * sum_l max(mean_ratio_l - 1, 0)`` from the mean
+    error ratios (..., L) (``err / eps_l`` averaged over the episode's ``T`` tokens); a float for one
+    episode, an array over copies."""
+    excess = np.maximum(mean_ratio - 1.0, 0.0).sum(axis=-1)
+    if np.ndim(excess) == 0:
+        excess = float(excess)
+    return -penalty * tokens * excess
