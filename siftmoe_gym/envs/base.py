@@ -187,14 +187,12 @@ class SiftMoEEnv(gym.Env):
         self._tau = self._setting_tau()
         self._g_th = one_token_threshold_gain(cfg, self._tau)
         self._features = FeatureTables(sysm, self._eps_div)
-        m1 = self.n_nodes + 1
         # node set of every edge-node bitmask (bit m-1 = node m), node 0 always in: (2^M, M+1)
         subsets = ((np.arange(1 << self.n_nodes)[:, None] >> np.arange(self.n_nodes)[None, :]) & 1).astype(bool)
         self._subset_nodes = np.concatenate([np.ones((len(subsets), 1), bool), subsets], axis=1)
         self._arange_k = np.arange(self.top_k)
         self._thr = self.budgets * (1.0 + REL_TOL) + ABS_TOL  # err <= thr: within budget (same rule as pick_row)
         tab = self.table
-        self._set_tables = None
         self._ec_count = None
         self._node_order = None
         if tab.enabled:
@@ -213,11 +211,6 @@ class SiftMoEEnv(gym.Env):
             levels = np.unique(tab.count)
             distinct = self.compute_cost > float(ec.max()) * 2 * REL_TOL + 2 * ABS_TOL
             self._count_levels = [np.flatnonzero(tab.count == c) for c in levels] if distinct else None
-        if tab.enabled and m1 <= 12:
-            # every combo's node set as an id; energies are summed once per node set
-            ids = (tab.nodes.astype(np.int64) << np.arange(m1)).sum(axis=2)  # (L, C)
-            sets = ((np.arange(1 << m1)[:, None] >> np.arange(m1)[None, :]) & 1).astype(bool)  # (2^(M+1), M+1)
-            self._set_tables = (ids, sets, self.compute_cost * tab.count)
 
     def _setting_tau(self) -> float:
         return float(self.system.config.tau_s)
@@ -251,22 +244,6 @@ class SiftMoEEnv(gym.Env):
         (``dk`` is unused, kept for callers)."""
         return static_features(self.obs_layout, self._features, probs, topk, layers, norms, gates, gain_db_margin,
                                node_cost, node_feas, e_ref, progress)
-
-    def _combo_energies(self, cost: np.ndarray, layer: int | None = None) -> np.ndarray:
-        """Energy of every enumerated assignment at every layer: (..., L, C) for node costs (..., M+1)
-        (or (..., C) at one ``layer``).
-
-        ``sum of used-node costs + e_c * count``, the formula the served
-        energy is reported with, summed once per node set.
-        """
-        tab = self.table
-        if self._set_tables is not None:
-            ids, sets, ec_count = self._set_tables
-            e_set = np.where(sets, cost[..., None, :], 0.0).sum(axis=-1)  # (..., 2^(M+1))
-            return e_set[..., ids if layer is None else ids[layer]] + ec_count
-        if layer is not None:
-            return np.where(tab.nodes[layer], cost[..., None, :], 0.0).sum(axis=-1) + self.compute_cost * tab.count
-        return np.where(tab.nodes, cost[..., None, None, :], 0.0).sum(axis=-1) + self.compute_cost * tab.count
 
     def _margin_db(self, gains: np.ndarray) -> np.ndarray:
         return link_margin_db(gains, self._g_th)
