@@ -11,6 +11,8 @@ cached), and logs to TensorBoard under ``eval/``:
 ``eval/siftmoe_energy_per_token_mj`` / ``eval/topk_energy_per_token_mj``  references
 ``eval/saving_vs_topk_pct``        ``100 (1 - E_agent / E_topk)``
 ``eval/regret``                    ``E_agent / E_siftmoe - 1``
+``eval/score``                     ``mean return of siftmoe / mean return of the agent`` (1 = optimal)
+``eval/feasible``                  1 when the agent keeps the budgets (:func:`agents.evaluation.feasibility`)
 ``eval/violation_rate``            share of steps whose error bound exceeds the budget
 ``eval/latency_violation_rate``    share of steps that overran the latency budget
 ``eval/any_violation_rate``        share of steps over either budget
@@ -45,7 +47,7 @@ from typing import Any, Callable
 
 from stable_baselines3.common.callbacks import BaseCallback
 
-from .evaluation import REFERENCE, TOPK, BaselineCache, evaluate, regret
+from .evaluation import REFERENCE, TOPK, BaselineCache, evaluate, relative_metrics
 from .policy import AgentPolicy
 from .runio import atomic_save_model, atomic_save_replay_buffer, atomic_write_json
 
@@ -55,6 +57,7 @@ CUSTOM_SCALARS_LAYOUT = {
             "Multiline", ["eval/energy_per_token_mj", "eval/siftmoe_energy_per_token_mj", "eval/topk_energy_per_token_mj"]
         ],
         "regret vs siftmoe (E/E_opt - 1)": ["Multiline", ["eval/regret"]],
+        "score (siftmoe return / agent return) and feasibility": ["Multiline", ["eval/score", "eval/feasible"]],
         "saving vs top-k (%)": ["Multiline", ["eval/saving_vs_topk_pct", "eval/siftmoe_saving_vs_topk_pct"]],
         "violation rates": ["Multiline", ["eval/violation_rate", "eval/latency_violation_rate",
                                           "eval/any_violation_rate", "eval/siftmoe_any_violation_rate"]],
@@ -104,9 +107,14 @@ class RolloutBoundaryCallback(BaseCallback):
 
 
 def best_key(record: dict[str, Any], max_violation_rate: float) -> tuple:
+    """Sort key of an evaluation for the best model: within ``max_violation_rate`` excess violations (and,
+    where known, feasible) first, then the highest score (lowest regret where no score is known)."""
     v = record.get("excess_violation_rate", record["violation_rate"])
-    r = record["regret"] if math.isfinite(record["regret"]) else math.inf
-    return (0, 0.0, r) if v <= max_violation_rate else (1, v, r)
+    s = record.get("score", math.nan)
+    r = -s if isinstance(s, (int, float)) and math.isfinite(s) else (
+        record["regret"] if math.isfinite(record["regret"]) else math.inf)
+    ok = v <= max_violation_rate and record.get("feasible", True)
+    return (0, 0.0, r) if ok else (1, v, r)
 
 
 class ComparisonEvalCallback(RolloutBoundaryCallback):
@@ -181,11 +189,11 @@ class ComparisonEvalCallback(RolloutBoundaryCallback):
         agent = evaluate(self.eval_env, policy, self.seeds)
         ref = self.cache.get(REFERENCE)
         top = self.cache.get(TOPK)
+        rel = relative_metrics(agent, ref)
         rec: dict[str, Any] = {
             "timesteps": int(self.num_timesteps),
             "wall_s": self.wall_s(),
-            **{k: float(v) for k, v in agent.items()},
-            "regret": regret(agent["energy_per_token_j"], ref["energy_per_token_j"]) if ref else math.nan,
+            **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in rel.items()},
             "siftmoe_energy_per_token_j": ref["energy_per_token_j"] if ref else math.nan,
             "siftmoe_saving_pct": ref["saving_pct"] if ref else math.nan,
             "siftmoe_violation_rate": ref["violation_rate"] if ref else math.nan,
@@ -218,6 +226,8 @@ class ComparisonEvalCallback(RolloutBoundaryCallback):
         lg.record("eval/saving_vs_topk_pct", rec["saving_pct"])
         lg.record("eval/siftmoe_saving_vs_topk_pct", rec["siftmoe_saving_pct"])
         lg.record("eval/regret", rec["regret"])
+        lg.record("eval/score", rec.get("score", math.nan))
+        lg.record("eval/feasible", float(bool(rec.get("feasible", False))))
         lg.record("eval/violation_rate", rec["violation_rate"])
         lg.record("eval/latency_violation_rate", rec["latency_violation_rate"])
         lg.record("eval/any_violation_rate", rec["any_violation_rate"])

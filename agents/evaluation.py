@@ -5,12 +5,20 @@ A policy (a baseline of :mod:`baselines`, or an SB3 agent through
 references (common random numbers, :mod:`siftmoe_gym.evaluation`); the
 references are evaluated once per seed list and cached (:class:`BaselineCache`).
 
-Relative metrics:
+Relative metrics (``docs/model.md`` section 9), against ``siftmoe``, the certified optimum of the
+setting (exact P1, the P2 integer program, the P3 dynamic program), on the same episodes:
 
 - ``saving_pct``: ``100 * (1 - E / E_topk)`` (from the evaluator);
-- ``regret``: ``E / E_siftmoe - 1``, the energy above the SiftMoE optimum on the
-  same episodes (negative when a policy saves more than the optimum by
-  breaking the error budget; read it together with ``violation_rate``).
+- ``regret``: ``E / E_siftmoe - 1``, the energy above the optimum (negative when a
+  policy saves more than the optimum by breaking a budget: read it next to ``feasible``);
+- ``score``: ``mean return of siftmoe / mean return of the policy`` (every reward is
+  negative, so the optimum scores 1 and worse policies fall towards 0), with a 95%
+  paired-bootstrap interval ``score_ci95_low`` .. ``score_ci95_high``;
+- ``feasible``: the policy keeps the budgets: its share of steps over the per-step
+  error constraint (the budget, or in fast fading the cap) and over the latency
+  budget each exceed siftmoe's by at most :data:`FEASIBILITY_TOL`; in fast fading
+  also every layer's average error ratio (mean over episodes) is within 1 up to its
+  95% confidence interval.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 from siftmoe_gym.evaluation import evaluate_policy
 
 from .runio import atomic_write_json
@@ -33,6 +42,15 @@ DEFAULT_EVAL_SEED_BASE = 1_000_003  # far from training seeds (seed + i)
 
 BASELINE_KWARGS = {"random-within-budget": {"seed": 0}}
 """Options making every baseline reproducible on the evaluation seeds."""
+
+FEASIBILITY_TOL = 0.01
+"""Share of steps a feasible policy may spend over a per-step budget beyond what the optimum cannot avoid."""
+BOOTSTRAP_RESAMPLES = 2000
+LEGEND = ("siftmoe: the certified optimum | regret: E / E_siftmoe - 1 | score: siftmoe's mean return / this "
+          "policy's (1 = optimal, 0 = worst; 95% CI) | feasible: at most "
+          f"{100 * FEASIBILITY_TOL:g}% more steps over a per-step budget than siftmoe (fast fading: and every layer's "
+          "average error within its budget) | * or no: infeasible, ranked last")
+"""The one-line legend printed under every comparison table."""
 
 
 def eval_seeds(n: int, base: int = DEFAULT_EVAL_SEED_BASE) -> list[int]:
@@ -47,13 +65,54 @@ def regret(energy: float, reference_energy: float) -> float:
     return energy / reference_energy - 1.0
 
 
-def evaluate(env, policy, seeds: Iterable[int]) -> dict[str, float]:
-    """Summary of ``policy`` on ``seeds`` plus ``eval_seconds``."""
+def evaluate(env, policy, seeds: Iterable[int]) -> dict[str, Any]:
+    """Summary of ``policy`` on ``seeds`` (:func:`siftmoe_gym.evaluation.summarize`) plus ``eval_seconds``
+    and ``setting`` (``"decode"``, ``"prefill"`` or ``"fastfading"``)."""
     t0 = time.perf_counter()
     summary, _ = evaluate_policy(env, policy, list(seeds))
     summary = dict(summary)
     summary["eval_seconds"] = time.perf_counter() - t0
+    summary["setting"] = str(getattr(env.unwrapped, "setting", "decode"))
     return summary
+
+
+def paired_score(returns, reference_returns, seed: int = 0,
+                 resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
+    """``(score, low, high)``: ``mean(reference_returns) / mean(returns)`` over paired episodes and its 95%
+    percentile-bootstrap interval (episodes resampled in pairs, fixed ``seed``).  nan when a mean return is
+    not negative or the episodes do not pair up."""
+    r = np.asarray(returns, dtype=float)
+    ref = np.asarray(reference_returns, dtype=float)
+    if r.shape != ref.shape or r.size == 0 or not (r.mean() < 0 and ref.mean() < 0):
+        return math.nan, math.nan, math.nan
+    point = float(ref.mean() / r.mean())
+    if r.size == 1:
+        return point, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, r.size, size=(int(resamples), r.size))
+    den = r[idx].mean(axis=1)
+    ratios = np.where(den < 0, ref[idx].mean(axis=1) / np.where(den < 0, den, -1.0), np.nan)
+    lo, hi = np.nanpercentile(ratios, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def feasibility(summary: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether ``summary``'s policy keeps the budgets (see the module docstring), with the excesses it is
+    judged on: ``excess_error_violation_rate``, ``excess_latency_violation_rate`` and, in fast fading,
+    ``average_within_budget``."""
+    ref_err = reference["violation_rate"] if reference else 0.0
+    ref_lat = reference["latency_violation_rate"] if reference else 0.0
+    out = {"excess_error_violation_rate": summary["violation_rate"] - ref_err,
+           "excess_latency_violation_rate": summary["latency_violation_rate"] - ref_lat}
+    ok = (out["excess_error_violation_rate"] <= FEASIBILITY_TOL + 1e-12
+          and out["excess_latency_violation_rate"] <= FEASIBILITY_TOL + 1e-12)
+    if summary.get("setting") == "fastfading":
+        means = np.asarray(summary.get("layer_mean_error_ratio", []), dtype=float)
+        half = np.nan_to_num(np.asarray(summary.get("layer_mean_error_ratio_ci95", []), dtype=float), nan=0.0)
+        within = bool(np.all(means - half <= 1.0 + 1e-9))
+        out["average_within_budget"] = within
+        ok = ok and within
+    out["feasible"] = bool(ok)
+    return out
 
 
 class BaselineCache:
@@ -62,6 +121,9 @@ class BaselineCache:
     Each baseline is built with :data:`BASELINE_KWARGS` (so it is reproducible), overridden by the
     keyword arguments given to :meth:`get`.  A baseline that does not apply to the env is skipped with a
     warning (``errors`` says why)."""
+
+    VERSION = 2
+    """Cache files of another version (other summary keys, another optimum) are recomputed."""
 
     def __init__(self, env, seeds: Iterable[int], path: str | os.PathLike | None = None, key: str = ""):
         self.env = env
@@ -73,7 +135,8 @@ class BaselineCache:
         if self.path and self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
-                if data.get("seeds") == self.seeds and data.get("key") == key:
+                if (data.get("seeds") == self.seeds and data.get("key") == key
+                        and data.get("version") == self.VERSION):
                     self.results = data.get("results", {})
             except (OSError, ValueError):
                 self.results = {}
@@ -97,14 +160,31 @@ class BaselineCache:
 
     def _save(self) -> None:
         if self.path:
-            atomic_write_json(self.path, {"key": self.key, "seeds": self.seeds, "results": self.results})
+            atomic_write_json(self.path, {"version": self.VERSION, "key": self.key, "seeds": self.seeds,
+                                          "results": self.results})
 
 
-def relative_metrics(summary: dict[str, float], reference: dict[str, float] | None) -> dict[str, float]:
-    """``summary`` with ``regret`` against ``reference`` (nan without one)."""
+def relative_metrics(summary: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """``summary`` with ``regret``, ``score`` (and its CI) and ``feasible`` against ``reference`` (siftmoe's
+    summary on the same episodes; regret and score nan without one)."""
     out = dict(summary)
     out["regret"] = regret(summary["energy_per_token_j"], reference["energy_per_token_j"]) if reference else math.nan
+    if reference is not None and summary.get("episode_returns") is not None:
+        sc = paired_score(summary["episode_returns"], reference["episode_returns"])
+    else:
+        sc = (math.nan, math.nan, math.nan)
+    out["score"], out["score_ci95_low"], out["score_ci95_high"] = sc
+    out.update(feasibility(summary, reference))
     return out
+
+
+def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` as a leaderboard: feasible rows first, each group by score (highest first; stable)."""
+    def key(r):
+        s = r.get("score", math.nan)
+        return (not r.get("feasible", False), -s if isinstance(s, (int, float)) and math.isfinite(s) else math.inf)
+
+    return sorted(rows, key=key)
 
 
 def baseline_names(names: Iterable[str] | None = None) -> list[str]:
@@ -122,7 +202,13 @@ def comparison_rows(
     cache: BaselineCache,
     names: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows (agent first, then siftmoe, topk, the rest) with regret against siftmoe."""
+    """Rows (agent first, then siftmoe, topk, the rest) with regret, score and feasibility against siftmoe.
+
+    By default every registered baseline that applies to the cache's environment's setting."""
+    if names is None:
+        import baselines
+
+        names = list(baselines.available_policies(getattr(cache.env.unwrapped, "setting", None)))
     names = baseline_names(names)
     ordered = [REFERENCE, TOPK] + [n for n in names if n not in (REFERENCE, TOPK)]
     reference = cache.get(REFERENCE)

@@ -9,7 +9,8 @@ instances directly:
 - P2: :func:`solve_prefill_exact` (integer program), :func:`solve_prefill_fast`
   (best response, with its gap), :func:`prefill_lower_bound`, references
   :func:`brute_force_prefill`, :func:`milp_prefill_onehot`;
-- P3: :func:`dpp_decision`, :func:`run_dpp`, :func:`lagrangian_bound`.
+- P3: :class:`FastFadingDP` (the optimal online policy's dynamic program), :func:`dpp_decision`,
+  :func:`run_dpp` (drift-plus-penalty), :func:`lagrangian_bound` (the clairvoyant bound).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from .heuristics import (
     nearest_local_assignment, random_within_budget_assignment, skip_infeasible_assignment, top1_assignment,
     topk_assignment, wdmoe_wlr_assignment, channel_threshold_assignment,
 )
+from .fastfading_dp import FastFadingDP
 from .policies import (
-    ChannelThreshold, NearestLocal, Policy, RandomWithinBudget, SiftMoE, SiftMoEFast, SkipInfeasible, Top1, TopK,
-    WdmoeWlr,
+    ChannelThreshold, DriftPlusPenalty, NearestLocal, Policy, RandomWithinBudget, SiftMoE, SiftMoEFast, SkipInfeasible,
+    Top1, TopK, WdmoeWlr,
 )
 from .prefill import PrefillSolution, prefill_lower_bound, solve_prefill_exact, solve_prefill_fast
 from .references import brute_force_decode, brute_force_prefill, milp_decode, milp_prefill_onehot
@@ -31,13 +33,14 @@ from .references import brute_force_decode, brute_force_prefill, milp_decode, mi
 _REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (TopK, SiftMoE, SiftMoEFast, Top1, SkipInfeasible, NearestLocal, ChannelThreshold, WdmoeWlr,
-                RandomWithinBudget)
+                RandomWithinBudget, DriftPlusPenalty)
 }
 
 
-def available_policies() -> dict[str, str]:
-    """``{name: one-line description}`` of every registered policy."""
-    return {name: cls.description for name, cls in _REGISTRY.items()}
+def available_policies(setting: str | None = None) -> dict[str, str]:
+    """``{name: one-line description}`` of every registered policy (that applies to ``setting``, if given:
+    ``"decode"``, ``"prefill"`` or ``"fastfading"``)."""
+    return {name: cls.description for name, cls in _REGISTRY.items() if setting is None or setting in cls.settings}
 
 
 def get_policy(name: str, env=None, **kwargs) -> Policy:
@@ -49,7 +52,7 @@ def get_policy(name: str, env=None, **kwargs) -> Policy:
 
 
 __all__ = [
-    "ChannelThreshold", "DecodeSolution", "LagrangianBound", "NearestLocal", "Policy", "PrefillSolution",
+    "ChannelThreshold", "DecodeSolution", "DriftPlusPenalty", "FastFadingDP", "LagrangianBound", "NearestLocal", "Policy", "PrefillSolution",
     "RandomWithinBudget", "SiftMoE", "SiftMoEFast", "SkipInfeasible", "Top1", "TopK", "WdmoeWlr",
     "available_policies", "brute_force_decode", "brute_force_prefill", "channel_threshold_assignment",
     "dpp_decision", "get_policy", "lagrangian_bound", "milp_decode", "milp_prefill_onehot",

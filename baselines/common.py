@@ -13,11 +13,9 @@ import dataclasses
 
 import numpy as np
 
-from siftmoe_gym.energy import LN2, LinkParams
+from siftmoe_gym.energy import LN2, TOPK_FLOOR_J, LinkParams
 from siftmoe_gym.instances import DecodeInstance
 
-TOPK_FLOOR_J = 1e-12
-"""Floor on the top-k energy used to normalize energies (P3 keeps ``V`` scale-free)."""
 
 
 def topk_energy(inst: DecodeInstance) -> float:

@@ -19,7 +19,11 @@ from siftmoe_gym.serving import solve_decode
 from . import heuristics as H
 from .common import gains_from_costs, latency_from_gains
 from .fastfading import dpp_decision
+from .fastfading_dp import DEFAULT_GRID, DEFAULT_SAMPLES, FastFadingDP
 from .prefill import solve_prefill_exact, solve_prefill_fast
+
+
+SETTINGS = ("decode", "prefill", "fastfading")
 
 
 class Policy:
@@ -27,6 +31,8 @@ class Policy:
 
     name = "policy"
     description = ""
+    settings: tuple[str, ...] = SETTINGS
+    """The settings (``env.unwrapped.setting``) the policy applies to."""
 
     def __init__(self, env=None, system=None, **kwargs):
         if kwargs:
@@ -34,6 +40,8 @@ class Policy:
         self.env = env
         self.system = system if system is not None else (getattr(env.unwrapped, "system", None) if env is not None else None)
         self.last_solution = None
+        if env is not None and self.setting not in self.settings:
+            raise ValueError(f"policy {self.name!r} applies to {list(self.settings)}, not to the {self.setting!r} setting")
 
     @property
     def state(self):
@@ -177,35 +185,38 @@ class SiftMoE(Policy):
       (``prefill="fast"``), solved once per block and layer and replayed
       token by token; ``last_solution`` holds the block solution (with its
       gap for the fast one);
-    - fastfading: drift-plus-penalty with ``V`` (default ``config.drift_v``).
+    - fastfading: the dynamic program over the error spent per layer
+      (:class:`baselines.fastfading_dp.FastFadingDP`, solved once per
+      episode's link distances with ``samples`` sampled instances and a
+      ``grid``-point grid), optimal for the episode return when ``rho = 0``.
     """
 
     name = "siftmoe"
-    description = "optimal: exact P1 (decode), exact P2 integer program replayed per token (prefill), drift-plus-penalty (fast fading)"
+    description = ("optimal: exact P1 (decode), exact P2 integer program replayed per token (prefill), "
+                   "dynamic program over the error spent per layer (fast fading)")
 
-    def __init__(self, env=None, system=None, prefill: str = "exact", v: float | None = None, exact_gap: bool = False,
-                 time_limit: float | None = None, **kw):
+    def __init__(self, env=None, system=None, prefill: str = "exact", exact_gap: bool = False,
+                 time_limit: float | None = None, samples: int = DEFAULT_SAMPLES, grid: int = DEFAULT_GRID,
+                 dp_seed: int = 0, **kw):
         super().__init__(env, system, **kw)
         if prefill not in ("exact", "fast"):
             raise ValueError(f"prefill must be 'exact' or 'fast', got {prefill!r}")
+        if int(samples) < 1 or int(grid) < 2:
+            raise ValueError(f"samples must be >= 1 and grid >= 2, got samples={samples!r}, grid={grid!r}")
         self.prefill = prefill
-        self.v = v
         self.exact_gap = exact_gap
         self.time_limit = time_limit
+        self.samples, self.grid, self.dp_seed = int(samples), int(grid), int(dp_seed)
         self._block = None
         self._block_key = None
+        self._dp: FastFadingDP | None = None
+        self._dp_key: bytes | None = None
 
     def reset(self, seed=None):
         super().reset(seed)
         self._block = None
         self._block_key = None
         self._last_t = -1
-
-    @property
-    def drift_v(self) -> float:
-        if self.v is not None:
-            return float(self.v)
-        return float(self.system.config.drift_v)
 
     def decide_instance(self, inst):
         sol = solve_decode(inst)
@@ -216,6 +227,16 @@ class SiftMoE(Policy):
         if self.prefill == "exact":
             return solve_prefill_exact(block, time_limit=self.time_limit)
         return solve_prefill_fast(block, exact_gap=self.exact_gap)
+
+    def dynamic_program(self) -> FastFadingDP:
+        """The fast-fading DP of the current episode's link distances (solved once per distances)."""
+        env = self.state
+        dist = np.asarray(env.distances, dtype=np.float64)
+        key = dist.tobytes()
+        if self._dp is None or self._dp_key != key:
+            self._dp = FastFadingDP(self.env, dist, self.samples, self.grid, self.dp_seed)
+            self._dp_key = key
+        return self._dp
 
     def decide(self):
         env = self.state
@@ -232,20 +253,59 @@ class SiftMoE(Policy):
             self._last_t = t
             return self._plan.assignment[t].copy()
         if setting == "fastfading":
+            dp = self.dynamic_program()
+            inst = env.instance
             layer = int(env.layer)
-            eps = float(self.system.budgets[layer])
-            sol = dpp_decision(env.instance, float(np.asarray(env.queue)[layer]), eps, float(env.cap_budget), self.drift_v,
-                               getattr(env, "topk_energy", None))
-            self.last_solution = sol
-            return sol.assignment
+            cands = dp.sets.candidates(layer, inst.gates[None], inst.topk[None], inst.node_cost[None],
+                                       inst.node_feasible[None], inst.node_violation_s[None])
+            c = dp.choose(layer, int(env.token), float(np.asarray(env.error_spent)[layer]), cands)
+            return cands.assignment(0, c)
         return self.decide_instance(env.instance)
 
     _last_t = -1
 
 
+class DriftPlusPenalty(Policy):
+    """The paper's online policy for fast fading: drift-plus-penalty with trade-off ``V``.
+
+    Per token, minimize ``V E / E_topk + Q_l err / eps_l`` subject to ``err <= eps_max``
+    (:func:`baselines.fastfading.dpp_decision`).  It meets the average budget only up to ``Q_T / T``,
+    which is large for short episodes, so it is neither feasible nor optimal for a finite episode;
+    the optimum is ``siftmoe``'s dynamic program.
+    """
+
+    name = "dpp"
+    description = "drift-plus-penalty (the paper's fast-fading policy) with trade-off V (default config.drift_v)"
+    settings = ("fastfading",)
+
+    def __init__(self, env=None, system=None, v: float | None = None, **kw):
+        super().__init__(env, system, **kw)
+        if v is not None and (not np.isfinite(float(v)) or float(v) < 0):
+            raise ValueError(f"V must be a finite number >= 0, got {v!r}")
+        self.v = v
+
+    @property
+    def drift_v(self) -> float:
+        if self.v is not None:
+            return float(self.v)
+        return float(self.system.config.drift_v)
+
+    def decide(self):
+        env = self.state
+        layer = int(env.layer)
+        eps = float(self.system.budgets[layer])
+        sol = dpp_decision(env.instance, float(np.asarray(env.queue)[layer]), eps, float(env.cap_budget), self.drift_v,
+                           getattr(env, "topk_energy", None))
+        self.last_solution = sol
+        return sol.assignment
+
+
 class SiftMoEFast(SiftMoE):
+    """The fast P2 policy (best response, exact fallback); prefill only: elsewhere it would be ``siftmoe``."""
+
     name = "siftmoe-fast"
-    description = "siftmoe with the fast best-response P2 policy for prefill (reports its gap); same as siftmoe otherwise"
+    description = "the fast best-response P2 policy (reports its gap; the exact program when its block breaks a budget)"
+    settings = ("prefill",)
 
     def __init__(self, env=None, system=None, **kw):
         kw.setdefault("prefill", "fast")

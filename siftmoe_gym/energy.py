@@ -28,6 +28,8 @@ MIN_GAIN = 1e-30
 MIN_NOISE_W = 1e-300
 """Noise power ``N0 B`` is floored here so that an underflow to 0 cannot make a link look free."""
 LN2 = float(np.log(2.0))
+TOPK_FLOOR_J = 1e-12
+"""Floor on top-k's energy where energies are measured in its units (P3's ``V E / E_topk`` stays finite)."""
 
 
 def dbm_to_watt(dbm: float | np.ndarray) -> np.ndarray:

@@ -18,12 +18,16 @@ is run on the same seeded episodes of an environment, and the metrics of
   average constraint holds on an episode when this is ``<= 1``;
 - ``average_met_rate``: share of episodes meeting every layer's average
   constraint (``mean_t err_{t,l} / eps_l <= 1`` for every ``l``);
+- ``layer_mean_error_ratio`` / ``layer_mean_error_ratio_ci95`` (lists, one
+  per layer): the mean over episodes of each layer's ``mean_t err_{t,l} / eps_l``
+  and the half-width of its 95% Student-t interval (nan with one episode);
 - ``mean_norm_energy``: mean over steps of ``E_t / E_topk,t`` (top-k units,
   the quantity drift-plus-penalty and the offline Lagrangian bound of
   ``baselines.fastfading`` are stated in);
 - ``latency_violation_rate``: share of steps that overran the latency budget;
 - ``any_violation_rate``: share of steps over either budget (error or latency);
-- ``mean_return``: mean undiscounted episode return.
+- ``mean_return``: mean undiscounted episode return; ``episode_returns``
+  the returns themselves, in seed order (for paired comparisons).
 
 Because channels and tokens are drawn from the episode seed, every policy
 sees identical episodes.
@@ -67,6 +71,7 @@ class EpisodeStats:
     over_budget: int = 0  # steps with err > eps_l (fast fading: allowed per token; the average is what counts)
     worst_layer_mean_ratio: float = 0.0  # max over layers of mean_t err_{t,l} / eps_l
     norm_energy_sum: float = 0.0  # sum over steps of E_t / max(E_topk,t, 1e-12)
+    layer_mean_ratios: tuple = ()  # per layer: mean_t err_{t,l} / eps_l
 
     @property
     def average_met(self) -> bool:
@@ -119,9 +124,10 @@ def run_episode(env, policy: Policy, seed: int) -> EpisodeStats:
         anyv += v or lv
         if terminated or truncated:
             break
+    per_layer = tuple(layer_sum[l] / layer_cnt[l] if layer_cnt.get(l) else 0.0 for l in range(layers))
     worst = max((layer_sum[l] / layer_cnt[l] for l in layer_sum), default=0.0)
     return EpisodeStats(int(seed), steps, steps / layers, energy, topk, ratio_sum, ratio_max, viol, lat, ret, anyv,
-                        over, worst, norm)
+                        over, worst, norm, per_layer)
 
 
 def summarize(stats: Iterable[EpisodeStats]) -> dict[str, float]:
@@ -133,6 +139,14 @@ def summarize(stats: Iterable[EpisodeStats]) -> dict[str, float]:
     tokens = sum(s.tokens for s in stats)
     energy = sum(s.energy_j for s in stats)
     topk = sum(s.topk_energy_j for s in stats)
+    per_layer = np.array([s.layer_mean_ratios for s in stats], dtype=float)  # (episodes, L)
+    layer_mean = per_layer.mean(axis=0)
+    if len(stats) > 1:
+        from scipy.stats import t as student_t
+
+        layer_half = student_t.ppf(0.975, len(stats) - 1) * per_layer.std(axis=0, ddof=1) / np.sqrt(len(stats))
+    else:
+        layer_half = np.full(per_layer.shape[1], np.nan)
     return {
         "episodes": float(len(stats)),
         "energy_per_token_j": energy / tokens,
@@ -148,6 +162,9 @@ def summarize(stats: Iterable[EpisodeStats]) -> dict[str, float]:
         "average_met_rate": float(np.mean([s.average_met for s in stats])),
         "mean_norm_energy": sum(s.norm_energy_sum for s in stats) / steps,
         "mean_return": float(np.mean([s.episode_return for s in stats])),
+        "episode_returns": [float(s.episode_return) for s in stats],
+        "layer_mean_error_ratio": layer_mean.tolist(),
+        "layer_mean_error_ratio_ci95": layer_half.tolist(),
     }
 
 

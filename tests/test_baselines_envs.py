@@ -1,4 +1,5 @@
-"""Every registered policy acts on every registered environment; siftmoe's decode action is the exact P1 optimum."""
+"""Every registered policy acts on every registered environment of its settings (and refuses the others);
+siftmoe's decode action is the exact P1 optimum."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ ENVS = ["Decode-v0", "Prefill-v0", "FastFading-v0", "DecodeDiscrete-v0", "Prefil
 @pytest.mark.parametrize("env_id", ENVS)
 def test_policies_run_on_env(env_id):
     env = gym.make(f"siftmoe_gym/{env_id}")
-    for name in baselines.available_policies():
+    setting = env.unwrapped.setting
+    for name in set(baselines.available_policies()) - set(baselines.available_policies(setting)):
+        with pytest.raises(ValueError, match=setting):
+            baselines.get_policy(name, env)
+    for name in baselines.available_policies(setting):
         obs, info = env.reset(seed=1)
         pol = baselines.get_policy(name, env)
         pol.reset(seed=1)

@@ -13,7 +13,7 @@ from baselines.prefill import solve_prefill_exact, solve_prefill_fast
 from siftmoe_gym import WideSystem
 
 SYSTEMS = make_test_systems()
-OTHERS = [n for n in baselines.available_policies() if not n.startswith("siftmoe")]
+OTHERS = [n for n in baselines.available_policies("decode") if not n.startswith("siftmoe")]
 
 
 def test_registry():
@@ -86,7 +86,7 @@ def test_policies_act_through_env_contract():
     tok = system.sample_tokens(rng, 8)
     g = random_gains(system, rng, 0.25)
     inst = system.decode_instance(tok, 0, 1, g)
-    for name in baselines.available_policies():
+    for name in baselines.available_policies("decode"):
         env = _stub_env(system, "decode", instance=inst, layer=1)
         kind, a = baselines.get_policy(name, env).act(None, {})
         assert kind == "assign" and a.shape == (system.top_k,)
@@ -106,11 +106,11 @@ def test_policies_act_through_env_contract():
     fast = baselines.get_policy("siftmoe-fast", env)
     fast.act(None, {})
     assert fast.last_solution.lower_bound is not None and fast.last_solution.method == "best-response"
-    # fast fading: a large queue drives the decision to the least error under the cap
+    # fast fading, drift-plus-penalty: a large queue drives the decision to the least error under the cap
     eps = float(system.budgets[1])
     env = _stub_env(system, "fastfading", instance=inst, layer=1, queue=np.array([0.0, 1e9]), cap_budget=3 * eps,
                     topk_energy=float(inst.evaluate(inst.topk).energy_j))
-    pol = baselines.get_policy("siftmoe", env, v=10.0)
+    pol = baselines.get_policy("dpp", env, v=10.0)
     a = pol.act(None, {})[1]
     least = baselines.get_policy("nearest-local", None, system=system).decide_instance(inst)
     assert inst.evaluate(a).error_bound <= inst.evaluate(least).error_bound + 1e-12

@@ -88,7 +88,7 @@ def test_full_table_has_every_baseline(tmp_path, capsys):
     res = _train(tmp_path, "siftmoe_gym/Decode-v0", "ppo", 256, FAST, baselines=None, print_table=True)
     names = [r["policy"] for r in res.rows]
     assert names[0] == "ppo (agent)" and names[1:3] == ["siftmoe", "topk"]
-    assert set(names[1:]) == set(baselines.available_policies())
+    assert set(names[1:]) == set(baselines.available_policies("decode"))
     with open(res.run_dir / "comparison.csv") as f:
         assert len(list(csv.DictReader(f))) == len(names)
     out = capsys.readouterr().out

@@ -19,9 +19,11 @@ from typing import Any
 from ..models import load_saved_agent
 from ..runio import atomic_write_json, atomic_write_text, write_csv
 from .plots import plot_hf_accuracy, plot_scenario
-from .records import BENCH_RECORD_FIELDS, SUMMARY_METRICS, siftmoe_dominance, summarize_records
+from .records import (
+    BENCH_RECORD_FIELDS, SCORE_FIELDS, SUMMARY_METRICS, return_dominance, siftmoe_dominance, summarize_records,
+)
 from .runners import RayPointRunner, finish_sweep_scenario, run_hf_accuracy_scenario, run_sweep_scenario
-from .scenarios import load_scenario_file, points, prepare_sweep_scenario
+from .scenarios import load_scenario_file, prepare_sweep_scenario, sweep_units
 from .tables import scenario_markdown
 
 def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, episodes: int | None = None,
@@ -52,14 +54,10 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
             return int(episodes)
         return int(s.get("episodes", default_eps))
 
-    import baselines
-
     def units(s):
         if s.get("kind") == "hf_accuracy":
             return n_eps(s)
-        pol = s.get("policies") or list(baselines.available_policies())
-        ag = len(loaded) if s.get("agents", True) else 0
-        return len(points(s)) * (len(pol) + ag)
+        return sweep_units(s, loaded)
 
     all_records: list[dict[str, Any]] = []
     all_summary: list[dict[str, Any]] = []
@@ -111,6 +109,11 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
                     notes.append(f"per-episode check: siftmoe used no more energy than {n - len(fails)} of {n} "
                                  f"(policy, episode) pairs that met every step's constraints"
                                  + (f"; FAILURES: {fails[:3]}" if fails else ""))
+                n_r, fails_r = return_dominance(recs)
+                if n_r:
+                    notes.append(f"return check: no policy's mean return beat siftmoe's beyond the 95% CI of the paired "
+                                 f"differences in {n_r - len(fails_r)} of {n_r} (policy, point) comparisons"
+                                 + (f"; FAILURES: {fails_r[:3]}" if fails_r else ""))
                 notes.append(f"{len(seeds)} episodes per point, seeds {seeds[0]}..{seeds[-1]}; "
                              f"{time.perf_counter() - ts:.1f} s")
                 md.append(scenario_markdown(scn, rows, png, notes))
@@ -123,18 +126,21 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
     paths = {"episodes_csv": out_dir / "episodes.csv", "summary_csv": out_dir / "summary.csv",
              "markdown": out_dir / "report.md", "meta": out_dir / "meta.json", **{f"png:{k}": v for k, v in files.items()}}
     write_csv(paths["episodes_csv"], all_records, BENCH_RECORD_FIELDS)
-    sum_fields = ["scenario", "env", "point", "x", "policy"] + [f"{m}{suf}" for m in SUMMARY_METRICS for suf in ("", "_ci95", "_n")]
+    sum_fields = (["scenario", "env", "point", "x", "policy"] + SCORE_FIELDS
+                  + [f"{m}{suf}" for m in SUMMARY_METRICS for suf in ("", "_ci95", "_n")])
     write_csv(paths["summary_csv"], all_summary, sum_fields)
     md.append(f"Wall time {wall:.1f} s.")
     atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
     n, fails = siftmoe_dominance(all_records)
+    n_r, fails_r = return_dominance(all_records)
+    fails = fails + fails_r
     meta = {"scenarios": str(scenarios), "episodes": episodes, "agents": agents or {}, "wall_seconds": wall,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
-            "dominance_checks": n, "dominance_failures": fails,
+            "dominance_checks": n, "return_dominance_checks": n_r, "dominance_failures": fails,
             "ray": bool(ray or ray_address), "ray_address": ray_address, "ray_tasks": ray_tasks}
     atomic_write_json(paths["meta"], meta)
     return {"records": all_records, "summary": all_summary, "paths": paths, "wall_seconds": wall,
-            "dominance": (n, fails)}
+            "dominance": (n + n_r, fails)}
 
 
 def replot(scenarios: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
@@ -144,7 +150,12 @@ def replot(scenarios: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pat
         rows = list(csv.DictReader(f))
     for r in rows:
         for k, v in list(r.items()):
-            if k not in ("scenario", "env", "point", "policy"):
+            if k == "feasible":
+                if v:
+                    r[k] = v == "True"
+                else:
+                    del r[k]
+            elif k not in ("scenario", "env", "point", "policy"):
                 r[k] = float(v) if v not in ("", None) else math.nan
     written = []
     for scn in spec["scenarios"]:

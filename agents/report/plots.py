@@ -19,7 +19,7 @@ POLICY_STYLE = {
     "siftmoe": ("tab:green", "o", "-"), "siftmoe-fast": ("tab:olive", "s", "--"), "topk": ("tab:gray", "x", "-"),
     "top1": ("tab:brown", "v", ":"), "skip-infeasible": ("tab:orange", "^", ":"),
     "nearest-local": ("tab:blue", "D", ":"), "channel-threshold": ("tab:purple", "<", ":"),
-    "wdmoe-wlr": ("tab:pink", ">", ":"), "random-within-budget": ("tab:cyan", "*", ":"),
+    "wdmoe-wlr": ("tab:pink", ">", ":"), "random-within-budget": ("tab:cyan", "*", ":"), "dpp": ("tab:red", "P", "--"),
     BOUND_NAME: ("black", None, "--"),
 }
 

@@ -13,24 +13,29 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from ..evaluation import REFERENCE, TOPK, mean_ci95
+import numpy as np
+
+from ..evaluation import REFERENCE, TOPK, feasibility, mean_ci95, paired_score
 
 BENCH_RECORD_FIELDS = [
     "scenario", "env", "param", "point", "x", "policy", "seed", "episodes_in_point", "steps", "tokens", "energy_j",
     "energy_per_token_j", "topk_energy_per_token_j", "saving_pct", "excess_vs_siftmoe_pct", "mean_error_ratio",
     "max_error_ratio", "violation_rate", "latency_violation_rate", "any_violation_rate", "over_budget_rate",
     "worst_layer_mean_ratio", "average_met", "within_constraints", "mean_norm_energy", "accuracy", "perplexity",
-    "mean_return",
+    "mean_return", "layer_mean_ratios",
 ]
 SUMMARY_METRICS = [
     "energy_per_token_j", "saving_pct", "excess_vs_siftmoe_pct", "mean_error_ratio", "worst_layer_mean_ratio",
     "violation_rate", "latency_violation_rate", "any_violation_rate", "within_constraints", "average_met",
-    "mean_norm_energy", "accuracy",
+    "mean_norm_energy", "accuracy", "mean_return",
 ]
+SCORE_FIELDS = ["score", "score_ci95_low", "score_ci95_high", "feasible", "excess_error_violation_rate",
+                "excess_latency_violation_rate"]
 BOUND_NAME = "lagrangian-bound"
 
 
 def episode_record(stats, **extra) -> dict[str, Any]:
+    """One episode's record (:class:`siftmoe_gym.evaluation.EpisodeStats`) with ``extra`` fields (scenario, point...)."""
     steps = max(stats.steps, 1)
     return {
         **extra, "seed": stats.seed, "steps": stats.steps, "tokens": stats.tokens, "energy_j": stats.energy_j,
@@ -40,7 +45,7 @@ def episode_record(stats, **extra) -> dict[str, Any]:
         "any_violation_rate": stats.any_violations / steps, "over_budget_rate": stats.over_budget / steps,
         "worst_layer_mean_ratio": stats.worst_layer_mean_ratio, "average_met": bool(stats.average_met),
         "within_constraints": bool(stats.within_constraints), "mean_norm_energy": stats.norm_energy_sum / steps,
-        "mean_return": stats.episode_return,
+        "mean_return": stats.episode_return, "layer_mean_ratios": list(stats.layer_mean_ratios),
     }
 
 
@@ -104,7 +109,32 @@ def siftmoe_dominance(records: Iterable[dict[str, Any]], rtol: float = 1e-7, ato
     return n, fails
 
 
+def return_dominance(records: Iterable[dict[str, Any]]) -> tuple[int, list[str]]:
+    """Per (scenario, point): no policy's mean episode return beats ``siftmoe``'s beyond the 95% CI of the paired
+    per-seed differences.  Returns ``(comparisons, failures)``; every setting (decode, prefill, fast fading)."""
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in records:
+        if r.get("policy") == BOUND_NAME or r.get("mean_return") in (None, "") or str(r.get("env", "")).startswith("hf:"):
+            continue
+        groups.setdefault((r["scenario"], r["point"]), {}).setdefault(r["policy"], {})[int(r["seed"])] = float(r["mean_return"])
+    n, fails = 0, []
+    for key, pol in groups.items():
+        ref = pol.get(REFERENCE)
+        if ref is None:
+            continue
+        for name, rets in pol.items():
+            seeds = sorted(set(rets) & set(ref))
+            if name == REFERENCE or len(seeds) < 2:
+                continue
+            n += 1
+            mean, half, _ = mean_ci95([rets[s] - ref[s] for s in seeds])
+            if mean - half > 1e-9 * max(1.0, abs(np.mean([ref[s] for s in seeds]))):
+                fails.append(f"{key}: {name} mean return beats siftmoe by {mean:.4g} ± {half:.2g}")
+    return n, fails
+
+
 def truthy(v) -> bool:
+    """A record's boolean, whether it is a bool, a number or the string CSV wrote."""
     return v is True or (isinstance(v, str) and v.lower() == "true") or (isinstance(v, (int, float)) and bool(v))
 
 
@@ -130,4 +160,34 @@ def summarize_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mean, half, n = mean_ci95(vals)
             row[m], row[f"{m}_ci95"], row[f"{m}_n"] = mean, half, n
         out.append(row)
+    _add_scores(out, groups)
     return out
+
+
+def _group_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fields :func:`agents.evaluation.feasibility` reads, from a group's episode records."""
+    layers = np.array([r["layer_mean_ratios"] for r in rows if isinstance(r.get("layer_mean_ratios"), (list, tuple))])
+    out = {"violation_rate": float(np.mean([float(r["violation_rate"]) for r in rows])),
+           "latency_violation_rate": float(np.mean([float(r["latency_violation_rate"]) for r in rows])),
+           "setting": "fastfading" if "FastFading" in str(rows[0].get("env", "")) else "decode"}
+    if layers.ndim == 2 and len(layers):
+        stats = [mean_ci95(layers[:, j]) for j in range(layers.shape[1])]
+        out["layer_mean_error_ratio"] = [m for m, _, _ in stats]
+        out["layer_mean_error_ratio_ci95"] = [h for _, h, _ in stats]
+    return out
+
+
+def _add_scores(summary: list[dict[str, Any]], groups: dict[tuple, list[dict]]) -> None:
+    """``score`` (paired by seed, with its bootstrap CI) and ``feasible`` against siftmoe at the same point."""
+    for row in summary:
+        rows = groups[(row["scenario"], row["point"], row["policy"])]
+        if row["policy"] == BOUND_NAME or any(r.get("violation_rate") in (None, "") for r in rows) \
+                or str(row.get("env", "")).startswith("hf:"):
+            continue
+        ref_rows = groups.get((row["scenario"], row["point"], REFERENCE))
+        ref = {int(r["seed"]): float(r["mean_return"]) for r in ref_rows} if ref_rows else {}
+        mine = {int(r["seed"]): float(r["mean_return"]) for r in rows}
+        seeds = sorted(set(ref) & set(mine))
+        sc = paired_score([mine[s] for s in seeds], [ref[s] for s in seeds]) if seeds else (math.nan,) * 3
+        row["score"], row["score_ci95_low"], row["score_ci95_high"] = sc
+        row.update(feasibility(_group_summary(rows), _group_summary(ref_rows) if ref_rows else None))

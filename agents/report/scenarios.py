@@ -154,7 +154,6 @@ def tiny_model_trace(out_dir: Path, tokens: int = 2048, quantile: float = 0.99, 
 def prepare_sweep_scenario(scn: dict, notes: list[str], base_dir: Path, out_dir: Path | None = None) -> dict | None:
     """What every point of a sweep scenario needs (env id, trace path, policies), or ``None`` when the scenario
     is skipped (a note says why).  Runs once per scenario, in the driver (it may extract the tiny-model trace)."""
-    import baselines
 
     env_id = scn.get("env", "siftmoe_gym/Decode-v0")
     trace = None
@@ -174,14 +173,35 @@ def prepare_sweep_scenario(scn: dict, notes: list[str], base_dir: Path, out_dir:
             notes.append(f"skipped: trace file {scn['trace']} not found")
             return None
         trace = str(trace_path)
-    return {"env_id": env_id, "trace": trace, "policies": list(scn.get("policies") or baselines.available_policies()),
+    return {"env_id": env_id, "trace": trace, "policies": scenario_policies(scn),
             "policy_kwargs": scn.get("policy_kwargs") or {}, "use_agents": bool(scn.get("agents", True)),
             "points": points(scn)}
 
 
 def sweep_units(scn: dict, agents: list[LoadedAgent]) -> int:
     """Progress units of a sweep scenario: one per (point, policy or agent)."""
+    return len(points(scn)) * (len(scenario_policies(scn)) + (len(agents) if scn.get("agents", True) else 0))
+
+
+def env_setting(env_id: str) -> str:
+    """The setting (``decode``, ``prefill``, ``fastfading``) of a registered env id, without building it."""
+    import gymnasium as gym
+
+    import siftmoe_gym  # noqa: F401  (registers the environments)
+
+    entry = gym.spec(env_id).entry_point
+    if isinstance(entry, str):
+        import importlib
+
+        mod, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(mod), name)
+    return str(getattr(entry, "setting", "decode"))
+
+
+def scenario_policies(scn: dict) -> list[str]:
+    """The scenario's ``policies``, or every registered baseline that applies to its environment's setting."""
+    if scn.get("policies"):
+        return list(scn["policies"])
     import baselines
 
-    pol = scn.get("policies") or list(baselines.available_policies())
-    return len(points(scn)) * (len(pol) + (len(agents) if scn.get("agents", True) else 0))
+    return list(baselines.available_policies(env_setting(scn.get("env", "siftmoe_gym/Decode-v0"))))

@@ -14,37 +14,54 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..evaluation import LEGEND, ranked
 from ..runio import atomic_write_json, atomic_write_text
 from .plots import plot_comparison, plot_learning_curve
 from .records import BOUND_NAME
 from .scenarios import BENCH_METRICS, DEFAULT_PLOTS
 
 COLUMNS = [
-    "policy", "energy_per_token_j", "saving_pct", "regret", "mean_error_ratio", "max_error_ratio",
-    "violation_rate", "latency_violation_rate", "any_violation_rate", "mean_return", "episodes", "eval_seconds",
+    "rank", "policy", "feasible", "score", "score_ci95_low", "score_ci95_high", "regret", "energy_per_token_j",
+    "saving_pct", "mean_error_ratio", "max_error_ratio", "violation_rate", "excess_error_violation_rate",
+    "latency_violation_rate", "excess_latency_violation_rate", "any_violation_rate", "worst_layer_mean_error_ratio",
+    "mean_return", "episodes", "eval_seconds",
 ]
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ["policy", "energy/token (mJ)", "saving vs top-k (%)", "regret (%)", "mean err/budget",
-            "err viol. (%)", "latency viol. (%)", "any viol. (%)", "return"]
+def _ci(lo: float, hi: float) -> str:
+    return f"[{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+
+
+def format_table(rows: list[dict[str, Any]], legend: bool = True) -> str:
+    """The comparison as a fixed-width leaderboard: feasible rows first, each group by score; infeasible rows
+    marked ``*``; a legend under it (``legend=False``: none)."""
+    head = ["", "policy", "feasible", "score", "95% CI", "regret (%)", "energy/token (mJ)", "saving vs top-k (%)",
+            "mean err/budget", "err viol. (%)", "latency viol. (%)", "return"]
     lines = []
-    for r in rows:
+    for i, r in enumerate(ranked(rows), 1):
+        feas = r.get("feasible")
+        sc = r.get("score", math.nan)
         lines.append([
+            f"{i}" + ("" if feas else "*"),
             str(r["policy"]),
+            "yes" if feas else "NO",
+            f"{sc:.3f}" if math.isfinite(sc) else "n/a",
+            _ci(r.get("score_ci95_low", math.nan), r.get("score_ci95_high", math.nan)),
+            f"{100 * r['regret']:.2f}" if math.isfinite(r.get("regret", math.nan)) else "n/a",
             f"{1e3 * r['energy_per_token_j']:.4f}",
             f"{r['saving_pct']:.2f}",
-            f"{100 * r['regret']:.2f}" if math.isfinite(r.get("regret", math.nan)) else "n/a",
             f"{r['mean_error_ratio']:.3f}",
             f"{100 * r['violation_rate']:.2f}",
             f"{100 * r['latency_violation_rate']:.2f}",
-            f"{100 * r.get('any_violation_rate', math.nan):.2f}",
             f"{r['mean_return']:.3f}",
         ])
     widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    fmt = lambda cells: "  ".join(c.ljust(w) if i in (0, 1) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     out = [fmt(head), "  ".join("-" * w for w in widths)]
     out += [fmt(l) for l in lines]
+    if legend:
+        out += ["", LEGEND, "err viol.: steps over the per-step error constraint (fast fading: the cap); "
+                "return: mean episode return; energy per token over all MoE layers."]
     return "\n".join(out)
 
 
@@ -59,10 +76,10 @@ def write_comparison(rows: list[dict[str, Any]], out_dir: str | os.PathLike, met
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r.get(k, "") for k in COLUMNS})
+    for i, r in enumerate(ranked(rows), 1):
+        writer.writerow({**{k: r.get(k, "") for k in COLUMNS}, "rank": i})
     atomic_write_text(paths["csv"], buf.getvalue())
-    atomic_write_json(paths["json"], {"meta": meta, "rows": rows})
+    atomic_write_json(paths["json"], {"meta": {**meta, "legend": LEGEND}, "rows": rows})
     plot_comparison(rows, paths["png"], title=meta.get("title", ""))
     if history:
         paths["curve"] = out_dir / "learning_curve.png"
@@ -78,22 +95,53 @@ def fmt(mean: float, half: float, scale: float = 1.0, digits: int = 3) -> str:
     return f"{scale * mean:.{digits}g} ± {scale * half:.2g}"
 
 
+def _score_cell(r: dict[str, Any]) -> str:
+    sc = r.get("score", math.nan)
+    if not isinstance(sc, (int, float)) or not math.isfinite(sc):
+        return "–"
+    return f"{sc:.3f} {_ci(r.get('score_ci95_low', math.nan), r.get('score_ci95_high', math.nan))}".strip()
+
+
+def _feasible_cell(r: dict[str, Any]) -> str:
+    return "–" if "feasible" not in r else ("yes" if r["feasible"] else "**no**")
+
+
 def summary_table_md(rows: list[dict[str, Any]]) -> str:
-    """One markdown row per policy (a single-point scenario): mean ± 95% CI over episodes."""
-    head = ["policy", "energy / token (mJ)", "saving vs top-k (%)", "mean err / budget", "steps over err. constraint (%)",
-            "steps over latency budget (%)", "episodes within all constraints (%)"]
+    """One markdown row per policy (a single-point scenario), as a leaderboard (feasible first, by score):
+    mean ± 95% CI over episodes."""
+    head = ["policy", "feasible", "score [95% CI]", "energy / token (mJ)", "saving vs top-k (%)", "mean err / budget",
+            "steps over err. constraint (%)", "steps over latency budget (%)", "episodes within all constraints (%)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        if r["policy"] == BOUND_NAME:
-            continue
+    for r in ranked([r for r in rows if r["policy"] != BOUND_NAME]):
         lines.append("| " + " | ".join([
-            f"`{r['policy']}`", fmt(r["energy_per_token_j"], r["energy_per_token_j_ci95"], 1e3, 4),
+            f"`{r['policy']}`", _feasible_cell(r), _score_cell(r),
+            fmt(r["energy_per_token_j"], r["energy_per_token_j_ci95"], 1e3, 4),
             fmt(r["saving_pct"], r["saving_pct_ci95"], 1.0, 3),
             fmt(r["mean_error_ratio"], r["mean_error_ratio_ci95"]),
             fmt(r["violation_rate"], r["violation_rate_ci95"], 100.0),
             fmt(r["latency_violation_rate"], r["latency_violation_rate_ci95"], 100.0),
             fmt(r["within_constraints"], math.nan, 100.0),
         ]) + " |")
+    return "\n".join(lines + ["", LEGEND])
+
+
+def score_table_md(rows: list[dict[str, Any]], x_label: str) -> str:
+    """Score and feasibility of every policy at every point of a sweep."""
+    rows = [r for r in rows if r["policy"] != BOUND_NAME and "score" in r]
+    if not rows:
+        return ""
+    policies = list(dict.fromkeys(r["policy"] for r in rows))
+    points = list(dict.fromkeys(r["point"] for r in rows))
+    cell = {(r["point"], r["policy"]): r for r in rows}
+    lines = ["score (siftmoe's mean return / the policy's; **no** = infeasible: breaks a budget), "
+             "with its 95% paired-bootstrap CI:", "",
+             "| " + x_label + " | " + " | ".join(f"`{p}`" for p in policies) + " |", "|" + "---|" * (len(policies) + 1)]
+    for pt in points:
+        cells = []
+        for p in policies:
+            r = cell.get((pt, p))
+            cells.append("" if r is None else _score_cell(r) + ("" if r.get("feasible") else " **no**"))
+        lines.append(f"| {pt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,4 +191,7 @@ def scenario_markdown(scn: dict, rows: list[dict[str, Any]], png: str | None, no
         x_label = sweep.get("label", sweep["param"])
         for m in scn.get("plots") or DEFAULT_PLOTS:
             out += [sweep_table_md(rows, m, x_label), ""]
+        scores = score_table_md(rows, x_label)
+        if scores:
+            out += [scores, "", LEGEND, ""]
     return "\n".join(out)

@@ -124,21 +124,28 @@ class DecodeEnv(SiftMoEEnv):
     ``-(k' e_c + f)/(E_topk + f)``.  A wasted activation is penalized in
     proportion to its cost over top-k's: when top-k's experts all sit on node
     0, ``E_topk = k e_c`` and activating an edge node costing ``c_m`` gives
-    ``r ~ -c_m / (2 k e_c)``; with the defaults (``c_m(1)`` of 2e-6 to 1e-4 J
-    on feasible links, ``e_c = 1e-6``) that is down to about -25, and on an
-    infeasible link (fallback energy up to ~1e-3 J) down to about -250, plus
-    the latency penalty.  Choose ``reward_floor_j`` larger to tame this.
+    ``r ~ -c_m / (2 k e_c)``.  Measured (``python benchmarks/bench_reward_magnitudes.py
+    --episodes 300``, 38,400 steps per configuration), the lowest reward of
+    activating one edge node the optimum does not use is about -120 on a
+    feasible link and about -3,000 on an infeasible one (fallback energy plus
+    the latency penalty); with ``local_capacity=4, placement="popular_local"``
+    (top-k more often all on node 0) about -110 and -7,900.  Choose
+    ``reward_floor_j`` larger to tame this.
     Both penalty terms have a fixed part, so that the reward ranks decisions
     as P1 does: a violation of the error budget costs at least ``penalty``
     (more than any energy saving, which is at most about 1), and a latency
     violation, a hard constraint in P1, costs at least ``penalty_latency``,
     more than the accuracy penalty typically reaches (``penalty * err /
     eps_l``, about 40 for skipping every slot of a mean token with
-    ``eps_rel = 0.25``): using an infeasible link does not pay, and when no
-    feasible decision meets ``eps_l`` the least-error feasible one scores
-    best.  (Measured on 300 default episodes, 38,400 steps, with
-    ``benchmarks/bench_reward_dominance.py``: the P1 optimum out-scores or
-    ties every node-set action on 99.91% of steps.)
+    ``eps_rel = 0.25``).  So with the defaults using an infeasible link never
+    scored best in the measurement above, but not always: with
+    ``eps_rel = 0.1`` the best-scoring node set activates an infeasible link
+    on 362 of 38,400 steps (0.9%), tokens where no feasible decision comes
+    near the tight budget and the accuracy penalty outgrows the latency
+    penalty.  When no feasible decision meets ``eps_l`` the least-error
+    feasible one usually scores best.  (Measured on 300 default episodes,
+    38,400 steps, with ``benchmarks/bench_reward_dominance.py``: the P1
+    optimum out-scores or ties every node-set action on 99.91% of steps.)
     ``info`` carries the breakdown (``reward_energy``, ``reward_accuracy``,
     ``reward_latency``) and ``energy_j``, ``topk_energy_j``, ``error_bound``,
     ``budget``, ``violation`` (``err > budget``), ``latency_violation`` (s),

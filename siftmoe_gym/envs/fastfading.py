@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..bounds import within_budget
+from ..energy import TOPK_FLOOR_J
 from .base import SiftMoEEnv
 from .config import check_number
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
@@ -53,7 +54,7 @@ class FastFadingEnv(SiftMoEEnv):
     ``E = sum_{m in U} c_m + e_c |C|``.  With
     ``serving_rule="drift"`` (default) a node set ``U`` is served by the
     drift-plus-penalty step restricted to ``U``: the assignment over experts on
-    node 0 and ``U`` minimizing ``V * E / (E_topk + f) + Q_l * err / eps_l``
+    node 0 and ``U`` minimizing ``V * E / E_topk + Q_l * err / eps_l``
     subject to ``err <= eps_max`` (``V = config.drift_v``; only ``e_c |C|``
     of ``E`` varies given ``U``), i.e.
     ``solve_decode(instance with node_cost[U] = 0, allowed, cap=cap_budget, **serving_weights)``;
@@ -218,6 +219,17 @@ class FastFadingEnv(SiftMoEEnv):
         return self._cost[t], self._feas[t], self._viol[t]
 
     @property
+    def distances(self) -> np.ndarray:
+        """The episode's link distances (M,) in metres (drawn at reset, fixed for the episode)."""
+        return np.asarray(self._ep["distances"], dtype=np.float64).copy()
+
+    @property
+    def error_spent(self) -> np.ndarray:
+        """Per layer (L,), the error spent so far this episode: ``R_l = sum_t err_{t,l} / eps_l`` (the average
+        constraint is ``R_l <= episode_tokens`` at the end)."""
+        return self._ratio_sum.copy()
+
+    @property
     def cap_budget(self) -> float:
         """Per-token error cap ``eps_max = eps_max_factor * eps_l`` of the next step."""
         return self._cap_factor * float(self.budgets[self.layer])
@@ -230,7 +242,7 @@ class FastFadingEnv(SiftMoEEnv):
             return {"energy_weight": 1.0, "error_weight": 0.0}
         layer = int(self._layers[s])
         return {
-            "energy_weight": float(self.system.config.drift_v) / (float(self._topk_e[s]) + self.floor),
+            "energy_weight": float(self.system.config.drift_v) / max(float(self._topk_e[s]), TOPK_FLOOR_J),
             "error_weight": float(self.queue[layer]) / float(self._eps_div[layer]),
         }
 

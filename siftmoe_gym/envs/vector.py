@@ -35,6 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ..bounds import ABS_TOL, REL_TOL, within_budget
+from ..energy import TOPK_FLOOR_J
 from ..serving import pick_allowed_rows
 from ..serving_table import err_table
 from .decode import DecodeEnv
@@ -295,7 +296,7 @@ class SiftMoEVectorEnv(VectorEnv):
             if env.env_config["serving_rule"] == "energy":
                 we, wr = np.ones(n), np.zeros(n)
             else:
-                we = float(env.system.config.drift_v) / (e_topk + env.floor)
+                we = float(env.system.config.drift_v) / np.maximum(e_topk, TOPK_FLOOR_J)
                 wr = self._queue[:, layer] / eps_d
         else:
             cap = eps
