@@ -106,6 +106,35 @@ class RolloutBoundaryCallback(BaseCallback):
         raise NotImplementedError
 
 
+class ProgressBarCallback(BaseCallback):
+    """A tqdm bar over the step target the run really reaches (whole rollouts), updated at rollout ends; shown only
+    when ``enabled`` and standard output is a terminal (a redirected run prints the evaluation lines alone)."""
+
+    def __init__(self, target: int, enabled: bool = True):
+        super().__init__(0)
+        self.target = int(target)
+        self.enabled = bool(enabled)
+        self.bar = None
+
+    def _on_training_start(self) -> None:
+        import sys
+
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.target, initial=int(self.num_timesteps), unit="step", unit_scale=True,
+                        dynamic_ncols=True, disable=not (self.enabled and sys.stdout.isatty()))
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.bar.update(int(self.num_timesteps) - self.bar.n)
+
+    def _on_training_end(self) -> None:
+        self.bar.update(int(self.num_timesteps) - self.bar.n)
+        self.bar.close()
+
+
 def best_key(record: dict[str, Any], max_violation_rate: float) -> tuple:
     """Sort key of an evaluation for the best model: within ``max_violation_rate`` excess violations (and,
     where known, feasible) first, then the highest score (lowest regret where no score is known)."""

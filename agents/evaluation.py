@@ -76,23 +76,34 @@ def evaluate(env, policy, seeds: Iterable[int]) -> dict[str, Any]:
     return summary
 
 
+def paired_ratio(num, den, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
+    """``(mean(num) / mean(den), low, high)`` over paired episodes and its 95% percentile-bootstrap interval
+    (episodes resampled in pairs, fixed ``seed``; resamples whose denominator is 0 are dropped).  nan when the
+    episodes do not pair up or ``mean(den)`` is 0; no interval from one episode."""
+    a = np.asarray(num, dtype=float)
+    b = np.asarray(den, dtype=float)
+    if a.shape != b.shape or a.size == 0 or b.mean() == 0:
+        return math.nan, math.nan, math.nan
+    point = float(a.mean() / b.mean())
+    if a.size == 1:
+        return point, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(int(resamples), a.size))
+    d = b[idx].mean(axis=1)
+    ok = d != 0
+    ratios = a[idx].mean(axis=1)[ok] / d[ok]
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
 def paired_score(returns, reference_returns, seed: int = 0,
                  resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
-    """``(score, low, high)``: ``mean(reference_returns) / mean(returns)`` over paired episodes and its 95%
-    percentile-bootstrap interval (episodes resampled in pairs, fixed ``seed``).  nan when a mean return is
-    not negative or the episodes do not pair up."""
+    """``(score, low, high)``: ``mean(reference_returns) / mean(returns)`` over paired episodes with its 95%
+    paired-bootstrap interval (:func:`paired_ratio`).  nan when a mean return is not negative."""
     r = np.asarray(returns, dtype=float)
     ref = np.asarray(reference_returns, dtype=float)
     if r.shape != ref.shape or r.size == 0 or not (r.mean() < 0 and ref.mean() < 0):
         return math.nan, math.nan, math.nan
-    point = float(ref.mean() / r.mean())
-    if r.size == 1:
-        return point, math.nan, math.nan
-    idx = np.random.default_rng(seed).integers(0, r.size, size=(int(resamples), r.size))
-    den = r[idx].mean(axis=1)
-    ratios = np.where(den < 0, ref[idx].mean(axis=1) / np.where(den < 0, den, -1.0), np.nan)
-    lo, hi = np.nanpercentile(ratios, [2.5, 97.5])
-    return point, float(lo), float(hi)
+    return paired_ratio(ref, r, seed, resamples)
 
 
 def feasibility(summary: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
@@ -122,7 +133,7 @@ class BaselineCache:
     keyword arguments given to :meth:`get`.  A baseline that does not apply to the env is skipped with a
     warning (``errors`` says why)."""
 
-    VERSION = 2
+    VERSION = 3
     """Cache files of another version (other summary keys, another optimum) are recomputed."""
 
     def __init__(self, env, seeds: Iterable[int], path: str | os.PathLike | None = None, key: str = ""):
@@ -169,11 +180,14 @@ def relative_metrics(summary: dict[str, Any], reference: dict[str, Any] | None) 
     summary on the same episodes; regret and score nan without one)."""
     out = dict(summary)
     out["regret"] = regret(summary["energy_per_token_j"], reference["energy_per_token_j"]) if reference else math.nan
-    if reference is not None and summary.get("episode_returns") is not None:
-        sc = paired_score(summary["episode_returns"], reference["episode_returns"])
-    else:
-        sc = (math.nan, math.nan, math.nan)
+    nan3 = (math.nan, math.nan, math.nan)
+    paired = reference is not None and summary.get("episode_returns") is not None
+    sc = paired_score(summary["episode_returns"], reference["episode_returns"]) if paired else nan3
     out["score"], out["score_ci95_low"], out["score_ci95_high"] = sc
+    en = (paired_ratio(summary["episode_energies_j"], reference["episode_energies_j"])
+          if paired and summary.get("episode_energies_j") is not None and reference.get("episode_energies_j") is not None
+          else nan3)
+    out["regret_ci95_low"], out["regret_ci95_high"] = en[1] - 1.0, en[2] - 1.0
     out.update(feasibility(summary, reference))
     return out
 

@@ -12,6 +12,7 @@ A run lives in ``<logdir>/<run_name>/``:
 ``best_model.zip/.json``   best evaluation so far and its metrics + config
 ``final_model.zip/.json``  model at the end of training and its config
 ``comparison.{csv,json,png}``, ``learning_curve.png``  final comparison table
+``train.log``              one line per evaluation (also printed), and the run's notes
 =========================  ======================================================
 """
 
@@ -19,18 +20,20 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from .algos import AgentConfigError, AlgoSpec, canonical_algo, check_compatible, get_algo
-from .callbacks import AtomicCheckpointCallback, ComparisonEvalCallback
+from .callbacks import AtomicCheckpointCallback, ComparisonEvalCallback, ProgressBarCallback
 from .envs import ensure_registered, make_baseline_env, make_env, make_vec_env
 from .evaluation import DEFAULT_EVAL_SEED_BASE, BaselineCache, comparison_rows, eval_seeds, evaluate
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
 from .models import load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
 from .policy import AgentPolicy
 from .report.tables import format_table, write_comparison
+from .trainlog import TrainLog, eval_line
 from .runio import (
     atomic_save_model, atomic_write_json, latest_run_dir, new_run_dir, read_latest_checkpoint, resolve_model_path, slug,
 )
@@ -38,13 +41,17 @@ from .runio import (
 QUICK = {
     "env_id": "siftmoe_gym/Decode-v0",
     "algo": "ppo",
-    "steps": 800_000,
+    "steps": 819_200,
     "n_envs": 32,
     "eval_episodes": 8,
-    "eval_freq": 100_000,
+    "eval_freq": 81_920,
 }
-"""Settings of ``train.py --quick`` (about 1 minute on 2 CPU cores): PPO on the native vectorized
-Decode-v0 (32 copies); see docs/training.md for how far it gets from the optimum."""
+"""Settings of ``train.py --quick``: PPO on the native vectorized Decode-v0 (32 copies), 200 rollouts of
+32 x 128 steps, evaluated every 20 rollouts (ten evaluation lines); docs/training.md gives its measured time
+and how far it gets from the optimum."""
+DEFAULT_THREADS = 1
+"""Torch threads of a run unless asked: small MLP policies train fastest on one thread, and a second one on
+busy cores made the main job many times slower (docs/training.md)."""
 
 
 @dataclass
@@ -97,10 +104,44 @@ class RunPlan:
 
 
 def set_threads(n: int | None) -> None:
-    if n:
+    """``torch.set_num_threads(n)``; ``None`` leaves torch's setting as it is."""
+    if n is not None:
+        if int(n) < 1:
+            raise AgentConfigError(f"--threads must be >= 1, got {n}")
         import torch
 
         torch.set_num_threads(int(n))
+
+
+def rollout_steps(model) -> int:
+    """Environment steps an algorithm collects between two updates (a whole rollout: ``learn`` stops only at
+    one's end)."""
+    n_envs = int(getattr(model, "n_envs", 1) or 1)
+    if hasattr(model, "n_steps"):  # on-policy: n_steps per copy
+        return int(model.n_steps) * n_envs
+    tf = getattr(model, "train_freq", None)  # off-policy: train_freq steps per copy (or an episode)
+    if tf is not None and str(getattr(tf.unit, "value", tf.unit)) == "step":
+        return int(tf.frequency) * n_envs
+    return n_envs
+
+
+def reached_steps(start: int, total: int, chunk: int) -> int:
+    """The step count a run from ``start`` towards ``total`` really ends at: whole chunks of ``chunk`` steps."""
+    if total <= start:
+        return start
+    return start + -(-(total - start) // chunk) * chunk
+
+
+def planned_evaluations(start: int, target: int, chunk: int, freq: int) -> int:
+    """How many evaluations :class:`~agents.callbacks.ComparisonEvalCallback` makes from ``start`` to
+    ``target``: at the first rollout boundary after every ``freq`` steps, and once at the end."""
+    count, nxt, b, last = 0, (start // freq + 1) * freq, start, None
+    while b + chunk < target:
+        b += chunk
+        if b >= nxt:
+            count, last = count + 1, b
+            nxt = (b // freq + 1) * freq
+    return count + (last != target)
 
 
 def baseline_cache(env_id: str, env_kwargs: dict[str, Any], seeds: list[int], path: Path) -> BaselineCache:
@@ -209,16 +250,35 @@ def make_callbacks(plan: RunPlan, eval_env, cache: BaselineCache, history, best,
 
 
 def learn(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, ckpt_cb: AtomicCheckpointCallback,
-          progress_bar: bool) -> None:
-    """Train up to ``plan.total`` steps (a finished resumed run is only evaluated)."""
-    remaining = plan.total - int(model.num_timesteps)
-    if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=[eval_cb, ckpt_cb], reset_num_timesteps=plan.checkpoint is None,
-                    progress_bar=progress_bar)
-    else:
+          progress_bar: bool, log: TrainLog | None = None) -> None:
+    """Train up to ``plan.total`` steps (whole rollouts; a finished resumed run is only evaluated), with one log
+    line per evaluation and a progress bar towards the step count the run really reaches."""
+    start = int(model.num_timesteps)
+    remaining = plan.total - start
+    if remaining <= 0:
         eval_cb.init_callback(model)
         if not eval_cb.history or eval_cb.history[-1]["timesteps"] != model.num_timesteps:
             eval_cb.evaluate_now()
+        return
+    chunk = rollout_steps(model)
+    target = reached_steps(start, plan.total, chunk)
+    planned = planned_evaluations(start, target, chunk, plan.eval_freq)
+    if log is not None:
+        note = (f"; --steps {plan.total:,} rounded up to whole rollouts of {chunk:,} steps" if target != plan.total else "")
+        log.write(f"{plan.algo} on {plan.env_id}: {start:,} -> {target:,} steps{note}; {planned} evaluations "
+                  f"on {len(plan.eval_seeds)} seeded episodes (every {plan.eval_freq:,} steps and at the end); "
+                  f"{plan.n_envs} {plan.vec} env copies; run folder {plan.run_dir}")
+        t0, count = time.perf_counter(), [0]
+
+        def on_eval(rec: dict[str, Any]) -> None:
+            count[0] += 1
+            fps = (int(rec["timesteps"]) - start) / max(time.perf_counter() - t0, 1e-9)
+            log.write(eval_line(rec, count[0], planned, target, fps, eval_cb.best))
+
+        eval_cb.on_eval = on_eval
+    bar = ProgressBarCallback(target, enabled=progress_bar)
+    model.learn(total_timesteps=remaining, callback=[eval_cb, ckpt_cb, bar], reset_num_timesteps=plan.checkpoint is None,
+                progress_bar=False)
 
 
 def final_comparison(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, cache: BaselineCache,
@@ -230,11 +290,11 @@ def final_comparison(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, cach
                       {**meta, "timesteps": int(model.num_timesteps), "eval_seeds": plan.eval_seeds,
                        "metrics": eval_cb.last})
     rows = comparison_rows(f"{plan.algo} (agent)", eval_cb.last, cache, baselines)
-    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps} steps, "
-             f"{len(plan.eval_seeds)} eval episodes")
+    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps (agent row: the final model; "
+             f"best model in best_model.zip), {len(plan.eval_seeds)} seeded evaluation episodes, mean over episodes")
     table_meta = {**meta, "title": title, "timesteps": int(model.num_timesteps), "eval_seeds": plan.eval_seeds,
                   "baseline_errors": cache.errors, "train_wall_s": eval_cb.wall_s()}
-    files = write_comparison(rows, plan.run_dir, table_meta, history=eval_cb.history)
+    files = write_comparison(rows, plan.run_dir, table_meta, history=eval_cb.history, best=eval_cb.best)
     if print_table:
         print(title)
         print(format_table(rows))
@@ -264,14 +324,17 @@ def train(
     baselines: Iterable[str] | None = None,
     max_violation_rate: float = 0.01,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
     verbose: int = 0,
     print_table: bool = True,
+    log: bool = True,
 ) -> TrainResult:
     """Train ``algo`` on ``env_id``; see the module docstring for what is written.
 
     The steps of a run: :func:`resolve_run`, :func:`build_envs`, the run folder's ``config.json``,
-    :func:`build_agent`, :func:`make_callbacks`, :func:`learn`, :func:`final_comparison`."""
+    :func:`build_agent`, :func:`make_callbacks`, :func:`learn`, :func:`final_comparison`.  ``threads``: torch
+    threads (default 1; ``None`` leaves torch's setting); ``log``: evaluation lines on the console and in
+    ``train.log`` (the file is always written)."""
     set_threads(threads)
     plan = resolve_run(env_id, algo, steps, seed, n_envs, Path(logdir), hyperparams, conf_file, env_kwargs, eval_freq,
                        eval_episodes, eval_seed_base, checkpoint_freq, resume, run_name, vec, max_violation_rate)
@@ -281,7 +344,7 @@ def train(
     model, history, best, wall_offset = build_agent(plan, venv, device, verbose)
     cache = baseline_cache(plan.env_id, plan.env_kwargs, plan.eval_seeds, plan.run_dir / "baselines.json")
     eval_cb, ckpt_cb = make_callbacks(plan, eval_env, cache, history, best, wall_offset, keep_checkpoints, verbose)
-    learn(plan, model, eval_cb, ckpt_cb, progress_bar)
+    learn(plan, model, eval_cb, ckpt_cb, progress_bar, TrainLog(plan.run_dir / "train.log", echo=log))
     venv.close()
     final_path, rows, files = final_comparison(plan, model, eval_cb, cache, baselines, print_table)
     best_path = plan.run_dir / "best_model.zip"
@@ -303,7 +366,7 @@ def evaluate_saved(
     baselines: Iterable[str] | None = None,
     out_dir: str | os.PathLike | None = None,
     device: str = "cpu",
-    threads: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
     print_table: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Re-evaluate a saved agent against the baselines on seeded episodes."""

@@ -27,7 +27,8 @@ is run on the same seeded episodes of an environment, and the metrics of
 - ``latency_violation_rate``: share of steps that overran the latency budget;
 - ``any_violation_rate``: share of steps over either budget (error or latency);
 - ``mean_return``: mean undiscounted episode return; ``episode_returns``
-  the returns themselves, in seed order (for paired comparisons).
+  the returns themselves and ``episode_energies_j`` each episode's energy (J),
+  in seed order (for paired comparisons).
 
 Because channels and tokens are drawn from the episode seed, every policy
 sees identical episodes.
@@ -163,6 +164,7 @@ def summarize(stats: Iterable[EpisodeStats]) -> dict[str, float]:
         "mean_norm_energy": sum(s.norm_energy_sum for s in stats) / steps,
         "mean_return": float(np.mean([s.episode_return for s in stats])),
         "episode_returns": [float(s.episode_return) for s in stats],
+        "episode_energies_j": [float(s.energy_j) for s in stats],
         "layer_mean_error_ratio": layer_mean.tolist(),
         "layer_mean_error_ratio_ci95": layer_half.tolist(),
     }

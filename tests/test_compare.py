@@ -1,4 +1,4 @@
-"""The benchmark report (issue 7): ``python -m agents.compare`` on the small scenario file.
+"""The benchmark report: ``python -m agents.compare`` on the small scenario file.
 
 One module-scoped run of ``benchmarks/scenarios/smoke.yml`` (with a tiny saved PPO agent) feeds the
 tests: every output is written, the episodes are common to all policies, and on every decode and

@@ -202,7 +202,11 @@ def test_render_modes(env_id):
         if mode == "ansi":
             assert "error bound" in out and "node" in out
         else:
-            assert out.shape == (320, 320, 3) and out.dtype == np.uint8
+            from siftmoe_gym.envs.rendering import HEADER, KEY, SIZE
+
+            assert out.shape == (HEADER + SIZE + KEY, SIZE, 3) and out.dtype == np.uint8
+            # the status line and the colour key carry text and swatches (not the blank background)
+            assert (out[:HEADER] < 200).any() and (out[HEADER + SIZE:] < 200).any()
 
 
 def test_fastfading_queue_and_end_penalty():

@@ -1,4 +1,4 @@
-"""Scale-out on Ray (issue 8): compare --ray gives the single-machine numbers, training sweeps and the Tune
+"""Scale-out on Ray: compare --ray gives the single-machine numbers, training sweeps and the Tune
 search run as Ray tasks/trials, RLlib PPO trains on Decode-v0.
 
 Everything but the lazy-import test is skipped, with the reason printed (``-ra``), when the ``ray`` extra is
@@ -23,7 +23,7 @@ from agents.ray_utils import ray_missing_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY_MISSING = ray_missing_reason("ray.tune")
-needs_ray = pytest.mark.skipif(RAY_MISSING is not None, reason=f"issue 8 Ray tests skipped: {RAY_MISSING}")
+needs_ray = pytest.mark.skipif(RAY_MISSING is not None, reason=f"Ray tests need the ray extra (pip install -e \".[ray]\"): {RAY_MISSING}")
 needs_rllib = pytest.mark.skipif(ray_missing_reason("ray.rllib") is not None,
                                  reason=f"RLlib test skipped: {ray_missing_reason('ray.rllib')}")
 

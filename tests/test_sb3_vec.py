@@ -1,4 +1,4 @@
-"""SB3 VecEnv adapter over the native batched environment (issue 9): exact SB3 semantics, same rollouts as DummyVecEnv."""
+"""SB3 VecEnv adapter over the native batched environment: exact SB3 semantics, same rollouts as DummyVecEnv."""
 
 from __future__ import annotations
 

@@ -38,68 +38,115 @@ def savefig(fig, path: Path, dpi: int = 110) -> None:
 
 
 def plot_comparison(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+    """The leaderboard as bars: score with its 95% CI (infeasible policies hatched and labelled) and the shares of
+    steps over each budget, policies in rank order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    names = [str(r["policy"]) for r in rows]
-    energy = [1e3 * r["energy_per_token_j"] for r in rows]
-    viol = [100 * r["violation_rate"] for r in rows]
-    lat = [100 * r["latency_violation_rate"] for r in rows]
-    colors = ["tab:red" if i == 0 and n not in (REFERENCE, TOPK) else
-              ("tab:green" if n == REFERENCE else ("tab:gray" if n == TOPK else "tab:blue"))
-              for i, n in enumerate(names)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(rows) + 4), 4.2))
-    ax1.bar(range(len(rows)), energy, color=colors)
-    ax1.set_ylabel("energy per token (mJ)")
-    ax1.set_xlabel("policy")
-    ax1.set_title("Energy per token (lower is better)")
     import numpy as np
 
+    from ..evaluation import ranked
+
+    rows = ranked(rows)
+    names = [str(r["policy"]) + ("" if r.get("feasible", True) else "\n(infeasible)") for r in rows]
+    score = np.array([float(r.get("score", math.nan)) for r in rows])
+    lo = np.array([float(r.get("score_ci95_low", math.nan)) for r in rows])
+    hi = np.array([float(r.get("score_ci95_high", math.nan)) for r in rows])
+    err = np.vstack([np.nan_to_num(score - lo), np.nan_to_num(hi - score)])
+    colors = [POLICY_STYLE.get(str(r["policy"]), ("tab:red", None, None))[0] for r in rows]
     x = np.arange(len(rows))
-    ax2.bar(x - 0.2, viol, width=0.4, color="tab:orange", label="error budget")
-    ax2.bar(x + 0.2, lat, width=0.4, color="tab:purple", label="latency budget")
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(rows) + 4), 4.4))
+    bars = ax1.bar(x, np.nan_to_num(score), yerr=err, color=colors, capsize=3)
+    for bar, r in zip(bars, rows):
+        if not r.get("feasible", True):
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax1.axhline(1.0, color="tab:green", lw=1, ls="--")
+    ax1.set_ylabel("score: siftmoe's return / policy's (1 = optimal)")
+    ax1.set_title("Score (higher is better; hatched = breaks a budget)", fontsize=10)
+    ax2.bar(x - 0.2, [100 * r["violation_rate"] for r in rows], width=0.4, color="tab:orange", label="error budget")
+    ax2.bar(x + 0.2, [100 * r["latency_violation_rate"] for r in rows], width=0.4, color="tab:purple",
+            label="latency budget", hatch="..")
     ax2.set_ylabel("steps over budget (%)")
-    ax2.set_xlabel("policy")
-    ax2.set_title("Budget violation rates")
-    ax2.legend()
+    ax2.set_title("Budget violations (siftmoe's are unavoidable)", fontsize=10)
+    ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels(names, rotation=35, ha="right")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     savefig(fig, Path(path))
     plt.close(fig)
 
 
-def plot_learning_curve(history: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
+def steps_formatter():
+    """Tick labels for environment steps: 0, 500, 20k, 1.5M (no run-together digits)."""
+    from matplotlib.ticker import FuncFormatter
+
+    def fmt(x, _pos):
+        for div, suf in ((1e6, "M"), (1e3, "k")):
+            if abs(x) >= div:
+                return f"{x / div:.4g}{suf}"
+        return f"{x:.4g}"
+
+    return FuncFormatter(fmt)
+
+
+def plot_learning_curve(history: list[dict[str, Any]], path: str | os.PathLike, title: str = "",
+                        best: dict[str, Any] | None = None) -> None:
+    """Score, regret and budget violations against environment steps, with 95% CI bands and the best model
+    (``best``, the evaluation record saved as ``best_model.zip``) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    steps = [h["timesteps"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(steps, [100 * h["regret"] for h in history], marker="o")
-    ax1.axhline(0, color="tab:green", lw=1, ls="--", label="siftmoe (optimum)")
-    ax1.set_xlabel("environment steps")
-    ax1.set_ylabel("regret vs siftmoe (%)")
-    ax1.legend()
-    ax2.plot(steps, [100 * h["violation_rate"] for h in history], marker="o", color="tab:orange", label="error budget")
-    ax2.plot(steps, [100 * h.get("any_violation_rate", math.nan) for h in history], marker="s", color="tab:red",
-             label="either budget")
-    ref = [100 * h.get("siftmoe_any_violation_rate", math.nan) for h in history]
-    ax2.plot(steps, ref, ls="--", color="tab:green", label="siftmoe, either budget")
-    ax2.set_xlabel("environment steps")
-    ax2.set_ylabel("steps over budget (%)")
-    ax2.legend()
-    for ax in (ax1, ax2):
+    h = sorted(history, key=lambda r: r["timesteps"])
+    steps = np.array([r["timesteps"] for r in h], dtype=float)
+    col = lambda key, scale=1.0: np.array([scale * float(r.get(key, math.nan)) for r in h], dtype=float)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    ax1, ax2, ax3 = axes
+    score, lo, hi = col("score"), col("score_ci95_low"), col("score_ci95_high")
+    ax1.plot(steps, score, marker="o", color="tab:blue", label="agent (95% CI band)")
+    ax1.fill_between(steps, lo, hi, color="tab:blue", alpha=0.15, lw=0)
+    ax1.axhline(1.0, color="tab:green", lw=1, ls="--", label="siftmoe (optimum) = 1")
+    ax1.set_ylabel("score: siftmoe's return / agent's")
+    finite = np.concatenate([lo[np.isfinite(lo)], score[np.isfinite(score)]])
+    if finite.size:
+        ax1.set_ylim(max(0.0, float(finite.min()) - 0.05), max(1.05, float(np.nanmax(hi)) + 0.02 if np.isfinite(hi).any() else 1.05))
+    reg, rlo, rhi = col("regret", 100), col("regret_ci95_low", 100), col("regret_ci95_high", 100)
+    ax2.plot(steps, reg, marker="o", color="tab:blue", label="agent (95% CI band)")
+    ax2.fill_between(steps, rlo, rhi, color="tab:blue", alpha=0.15, lw=0)
+    ax2.axhline(0, color="tab:green", lw=1, ls="--", label="siftmoe (optimum)")
+    ax2.set_ylabel("regret: energy above siftmoe's (%)")
+    ax3.plot(steps, col("violation_rate", 100), marker="o", ms=5, color="tab:orange", label="agent, error budget")
+    ax3.plot(steps, col("latency_violation_rate", 100), marker="s", ms=4, ls="--", color="tab:purple",
+             label="agent, latency budget")
+    ax3.plot(steps, col("siftmoe_any_violation_rate", 100), ls=":", lw=2, color="tab:green",
+             label="siftmoe, either budget (unavoidable)")
+    top = np.nanmax(np.concatenate([col("violation_rate", 100), col("latency_violation_rate", 100),
+                                    col("siftmoe_any_violation_rate", 100), [0.0]]))
+    ax3.set_ylim(0, max(5.0, 1.15 * float(top)))
+    ax3.set_ylabel("steps over a budget (%)")
+    if best is not None and "timesteps" in best:
+        bx = float(best["timesteps"])
+        for ax in axes:
+            ax.axvline(bx, color="black", lw=0.8, ls=":")
+        ax1.plot([bx], [float(best.get("score", math.nan))], marker="*", ms=14, color="gold", mec="black",
+                 ls="none", label=f"best model ({bx:,.0f} steps)")
+        ax2.plot([bx], [100 * float(best.get("regret", math.nan))], marker="*", ms=14, color="gold", mec="black",
+                 ls="none", label="best model")
+    for ax in axes:
+        ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(steps_formatter())
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     savefig(fig, Path(path))
     plt.close(fig)

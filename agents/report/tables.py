@@ -66,8 +66,10 @@ def format_table(rows: list[dict[str, Any]], legend: bool = True) -> str:
 
 
 def write_comparison(rows: list[dict[str, Any]], out_dir: str | os.PathLike, meta: dict[str, Any],
-                     stem: str = "comparison", history: list[dict[str, Any]] | None = None) -> dict[str, Path]:
-    """Write ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` (and a learning curve if ``history``)."""
+                     stem: str = "comparison", history: list[dict[str, Any]] | None = None,
+                     best: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``<stem>.csv``, ``<stem>.json`` and ``<stem>.png`` (and a learning curve if ``history``, with the
+    ``best`` evaluation marked)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / f"{stem}.csv", "json": out_dir / f"{stem}.json", "png": out_dir / f"{stem}.png"}
@@ -83,7 +85,7 @@ def write_comparison(rows: list[dict[str, Any]], out_dir: str | os.PathLike, met
     plot_comparison(rows, paths["png"], title=meta.get("title", ""))
     if history:
         paths["curve"] = out_dir / "learning_curve.png"
-        plot_learning_curve(history, paths["curve"], title=meta.get("title", ""))
+        plot_learning_curve(history, paths["curve"], title=meta.get("title", ""), best=best)
     return paths
 
 

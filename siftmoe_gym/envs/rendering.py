@@ -1,4 +1,8 @@
-"""Rendering of the siftmoe_gym environments: an ANSI table and an RGB picture (pure numpy)."""
+"""Rendering of the siftmoe_gym environments: an ANSI table, an RGB picture with labels and a colour key, and a
+window (``render_mode="human"``, needs pygame: ``pip install -e ".[render]"``).
+
+The picture is drawn with numpy; its text (node labels with link margins, a status line and the colour key)
+with Pillow, which matplotlib already requires."""
 
 from __future__ import annotations
 
@@ -7,7 +11,15 @@ import numpy as np
 from .observations import MARGIN_SCALE_DB
 
 SIZE = 320
+"""Side of the network drawing (pixels); the frame adds a status line above and the colour key below."""
+HEADER = 34
+KEY = 78
 _BG = np.array([250, 250, 250], np.uint8)
+KEY_ITEMS = (
+    ((30, 90, 220), "expert kept"), ((255, 140, 0), "replacement"), ((150, 150, 150), "top-k expert not served"),
+    ((215, 215, 225), "other expert"), ((255, 215, 0), "node used"), ((255, 245, 170), "node paid, unused"),
+    ((40, 180, 40), "link: strong"), ((220, 0, 40), "link: weak / infeasible"),
+)
 
 
 def _state(env):
@@ -65,10 +77,18 @@ def _line(img, p0, p1, color, width=2):
 
 
 def render_rgb(env) -> np.ndarray:
-    """Node 0 in the centre, edge nodes on a circle, links green (good) to red (infeasible), thick when the
-    node was activated (paid); node discs gold when the served experts used them, pale yellow when activated
-    but unused; experts as small squares around their node: blue kept, orange replacement, grey skipped
-    top-k, light others."""
+    """The frame (``SIZE + HEADER + KEY``, ``SIZE``, 3) uint8: a status line (step, layer, token, the last
+    decision's energy against top-k's, error bound against the budget, reward), then node 0 in the centre and the
+    edge nodes on a circle, each labelled with its number and link margin (dB above the one-token feasibility
+    threshold; "infeasible" below it); links green (good) to red (infeasible), thick when the node was
+    activated (paid); node discs gold when the served experts used them, pale yellow when activated but unused;
+    experts as small squares around their node: blue kept, orange replacement, grey top-k not served, light
+    others; then the colour key."""
+    net = _network(env)
+    return _annotate(env, net)
+
+
+def _network(env) -> np.ndarray:
     s, cost, feas, margin = _state(env)
     img = np.empty((SIZE, SIZE, 3), np.uint8)
     img[:] = _BG
@@ -106,3 +126,74 @@ def render_rgb(env) -> np.ndarray:
                 col = [215, 215, 225]
             img[max(ey, 0):min(ey + 5, SIZE), max(ex, 0):min(ex + 5, SIZE)] = np.array(col, np.uint8)
     return img
+
+
+def _annotate(env, net: np.ndarray) -> np.ndarray:
+    """``net`` with the status line above, node labels on it and the colour key below (Pillow text)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    s, cost, feas, margin = _state(env)
+    frame = np.empty((HEADER + SIZE + KEY, SIZE, 3), np.uint8)
+    frame[:] = _BG
+    frame[HEADER:HEADER + SIZE] = net
+    img = Image.fromarray(frame)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=11) if hasattr(ImageFont, "load_default") else None
+    last = env._last
+    head = f"{env.setting}  step {env._s}/{env._n_steps}  layer {env.layer}  token {env.token}"
+    if last is None:
+        sub = "no decision yet"
+    else:
+        sub = (f"last: E {last['energy']:.1e} J (top-k {last['topk_energy']:.1e}), err/budget "
+               f"{last['err'] / max(last['budget'], 1e-300):.2f}, r {last['reward']:+.1f}")
+    draw.text((6, 3), head, fill=(20, 20, 20), font=font)
+    draw.text((6, 18), sub, fill=(20, 20, 20), font=font)
+    c = SIZE / 2
+    m = env.n_nodes
+    ang = 2 * np.pi * np.arange(m) / max(m, 1) - np.pi / 2
+    draw.text((c + 18, HEADER + c - 22), "node 0 (source)", fill=(20, 20, 20), font=font)
+    for j, a in enumerate(ang, start=1):
+        py, px = c + 0.36 * SIZE * np.sin(a), c + 0.36 * SIZE * np.cos(a)
+        label = f"node {j}: " + (f"{margin[j - 1]:+.0f} dB" if feas[j] else "infeasible")
+        w = draw.textlength(label, font=font) if hasattr(draw, "textlength") else 7 * len(label)
+        x = float(np.clip(px - w / 2, 2, SIZE - w - 2))
+        y = HEADER + py - 32 if py < c else HEADER + py + 34
+        draw.text((x, float(np.clip(y, HEADER, HEADER + SIZE - 12))), label, fill=(20, 20, 20), font=font)
+    y0 = HEADER + SIZE + 4
+    for i, (col, text) in enumerate(KEY_ITEMS):
+        x, y = 6 + (i % 2) * (SIZE // 2), y0 + (i // 2) * 18
+        draw.rectangle([x, y + 2, x + 10, y + 12], fill=tuple(col), outline=(90, 90, 90))
+        draw.text((x + 16, y), text, fill=(20, 20, 20), font=font)
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+class HumanWindow:
+    """A pygame window showing :func:`render_rgb` frames (``render_mode="human"``)."""
+
+    def __init__(self, fps: int):
+        try:
+            import pygame
+        except ImportError:
+            raise ImportError('render_mode="human" needs pygame: pip install -e ".[render]" (or pip install pygame); '
+                              'render_mode="rgb_array" and "ansi" need nothing more') from None
+        self.pygame = pygame
+        self.fps = int(fps)
+        self.screen = None
+        self.clock = pygame.time.Clock()
+
+    def show(self, frame: np.ndarray) -> None:
+        pg = self.pygame
+        if self.screen is None:
+            pg.init()
+            pg.display.set_caption("siftmoe_gym")
+            self.screen = pg.display.set_mode((frame.shape[1], frame.shape[0]))
+        pg.event.pump()
+        self.screen.blit(pg.surfarray.make_surface(np.transpose(frame, (1, 0, 2))), (0, 0))
+        pg.display.flip()
+        self.clock.tick(self.fps)
+
+    def close(self) -> None:
+        if self.screen is not None:
+            self.pygame.display.quit()
+            self.pygame.quit()
+            self.screen = None
