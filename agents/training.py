@@ -289,9 +289,13 @@ def final_comparison(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, cach
     atomic_write_json(plan.run_dir / "final_model.json",
                       {**meta, "timesteps": int(model.num_timesteps), "eval_seeds": plan.eval_seeds,
                        "metrics": eval_cb.last})
-    rows = comparison_rows(f"{plan.algo} (agent)", eval_cb.last, cache, baselines)
-    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps (agent row: the final model; "
-             f"best model in best_model.zip), {len(plan.eval_seeds)} seeded evaluation episodes, mean over episodes")
+    rows = comparison_rows(f"{plan.algo} (final)", eval_cb.last, cache, baselines)
+    best = eval_cb.best
+    if best is not None and eval_cb.last is not None and best["timesteps"] != eval_cb.last["timesteps"]:
+        rows.insert(1, {"policy": f"{plan.algo} (best, {int(best['timesteps']):,} steps)", **best})
+    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps ((final): final_model.zip; "
+             f"(best): best_model.zip, the best evaluation so far), {len(plan.eval_seeds)} seeded evaluation episodes, "
+             f"mean over episodes")
     table_meta = {**meta, "title": title, "timesteps": int(model.num_timesteps), "eval_seeds": plan.eval_seeds,
                   "baseline_errors": cache.errors, "train_wall_s": eval_cb.wall_s()}
     files = write_comparison(rows, plan.run_dir, table_meta, history=eval_cb.history, best=eval_cb.best)
@@ -383,7 +387,7 @@ def evaluate_saved(
     agent = evaluate(env, AgentPolicy(model, env), seeds)
     out_dir = Path(out_dir) if out_dir else path.parent / f"evaluate_{path.stem}"
     cache = baseline_cache(env_id, meta.get("env_kwargs") or {}, seeds, out_dir / "baselines.json")
-    rows = comparison_rows(f"{meta['algo']} (agent)", agent, cache, baselines)
+    rows = comparison_rows(f"{meta['algo']} ({path.name})", agent, cache, baselines)
     title = f"{env_id}: {path.name} ({meta['algo']}), {len(seeds)} eval episodes"
     files = write_comparison(rows, out_dir, {**meta, "title": title, "model": str(path), "eval_seeds": seeds,
                                              "baseline_errors": cache.errors})
