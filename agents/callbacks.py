@@ -30,11 +30,13 @@ cannot avoid on the same episodes; if none qualifies, the lowest excess) is save
 ``best_model.json``.
 
 :class:`AtomicCheckpointCallback` saves ``checkpoints/ckpt_<steps>.zip`` (and
-the replay buffer of off-policy algorithms) at the first rollout boundary after
-every ``save_freq`` steps and at the end of training: each
-file is written to a temporary name and moved into place with ``os.replace``,
-and ``checkpoints/latest.json`` is replaced last, so an interrupted save never
-leaves a truncated checkpoint behind the pointer.
+the replay buffer of off-policy algorithms, and ``ckpt_<steps>.json``, its
+entry) at the first rollout boundary after every ``save_freq`` steps and at the
+end of training: each file is written to a temporary name and moved into place
+with ``os.replace``, and ``checkpoints/latest.json`` is replaced last, so an
+interrupted save never leaves a truncated checkpoint behind the pointer; a
+resume that finds the newest checkpoint damaged falls back to the one before
+(:func:`agents.runio.intact_checkpoints`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ CUSTOM_SCALARS_LAYOUT = {
         "error bound / budget": ["Multiline", ["eval/mean_error_ratio", "eval/max_error_ratio"]],
     }
 }
+
+
+def tensorboard_logger(folder: str | os.PathLike, verbose: int = 0, purge_step: int | None = None):
+    """An SB3 ``Logger`` writing TensorBoard events to ``folder`` (and a table to stdout when ``verbose``).
+
+    ``purge_step`` (a resumed run: its checkpoint's step + 1) starts the new event file with a restart marker
+    (``SummaryWriter(purge_step=...)``): TensorBoard then drops the earlier files' points from that step on,
+    the ones an abandoned stretch of training logged after the checkpoint, so every step is shown once."""
+    import sys
+
+    from stable_baselines3.common.logger import HumanOutputFormat, Logger, TensorBoardOutputFormat
+
+    class _TensorBoard(TensorBoardOutputFormat):
+        def __init__(self, log_dir: str, purge: int | None):  # SB3's, with the writer's purge_step
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=log_dir, purge_step=purge)
+            self._is_closed = False
+
+    folder = str(folder)
+    os.makedirs(folder, exist_ok=True)
+    formats = [_TensorBoard(folder, purge_step)] + ([HumanOutputFormat(sys.stdout)] if verbose else [])
+    return Logger(folder=folder, output_formats=formats)
 
 
 class RolloutBoundaryCallback(BaseCallback):
@@ -104,6 +129,37 @@ class RolloutBoundaryCallback(BaseCallback):
     def last_step(self) -> int | None:
         """The step of the last :meth:`act` (``None`` if never)."""
         raise NotImplementedError
+
+
+def rollout_steps(model) -> int:
+    """Environment steps an algorithm collects between two updates (a whole rollout: ``learn`` stops only at
+    one's end)."""
+    n_envs = int(getattr(model, "n_envs", 1) or 1)
+    if hasattr(model, "n_steps"):  # on-policy: n_steps per copy
+        return int(model.n_steps) * n_envs
+    tf = getattr(model, "train_freq", None)  # off-policy: train_freq steps per copy (or an episode)
+    if tf is not None and str(getattr(tf.unit, "value", tf.unit)) == "step":
+        return int(tf.frequency) * n_envs
+    return n_envs
+
+
+def reached_steps(start: int, total: int, chunk: int) -> int:
+    """The step count a run from ``start`` towards ``total`` really ends at: whole chunks of ``chunk`` steps."""
+    if total <= start:
+        return start
+    return start + -(-(total - start) // chunk) * chunk
+
+
+def planned_evaluations(start: int, target: int, chunk: int, freq: int) -> int:
+    """How many evaluations :class:`~agents.callbacks.ComparisonEvalCallback` makes from ``start`` to
+    ``target``: at the first rollout boundary after every ``freq`` steps, and once at the end."""
+    count, nxt, b, last = 0, (start // freq + 1) * freq, start, None
+    while b + chunk < target:
+        b += chunk
+        if b >= nxt:
+            count, last = count + 1, b
+            nxt = (b // freq + 1) * freq
+    return count + (last != target)
 
 
 class ProgressBarCallback(BaseCallback):
@@ -301,6 +357,7 @@ class AtomicCheckpointCallback(RolloutBoundaryCallback):
             entry["wall_s"] = float(self.wall_clock())
         if self.extra is not None:
             entry.update(self.extra())
+        atomic_write_json(self.ckpt_dir / f"{name}.json", entry)  # the entry beside it, for a fallback on resume
         atomic_write_json(self.ckpt_dir / "latest.json", entry)
         self.last_saved_step = steps
         self._prune(keep_name=name)

@@ -5,8 +5,11 @@
     python train.py evaluate --model runs/<run>/final_model.zip
 
 Bad arguments (unknown algorithm or environment, algorithm incompatible with
-the action space, missing model file, malformed hyperparameter override) print
-one line ``train.py: error: ...`` on stderr and exit with status 2.
+the action space, missing model file, malformed hyperparameter override, a
+baseline that does not apply to the environment, a ``--run-name`` that already
+exists without ``--resume``, a model whose spaces do not fit its environment)
+print one line ``train.py: error: ...`` on stderr and exit with status 2, before
+any slow work.
 """
 
 from __future__ import annotations
@@ -15,24 +18,18 @@ import argparse
 import sys
 from typing import Sequence
 
-from .algos import ALGOS, ALIASES, AgentConfigError
+from .algos import ALGOS, ALIASES
+from .cliutil import OneLineParser as _Parser
+from .cliutil import UsageError as _UsageExit
+from .cliutil import run_main
 
 PROG = "train.py"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message otherwise)
-        raise _UsageExit(message)
-
-
-class _UsageExit(Exception):
-    pass
-
-
-def _key_values(items: Sequence[str] | None) -> dict:
+def _key_values(items: Sequence[str] | None, option: str) -> dict:
     from .hyperparams import parse_overrides
 
-    return parse_overrides(items)
+    return parse_overrides(items, option)
 
 
 def train_parser() -> argparse.ArgumentParser:
@@ -100,6 +97,10 @@ def _check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 1:
             raise _UsageExit(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+    for name in ("seed", "eval_seed"):
+        v = getattr(args, name, None)
+        if v is not None and v < 0:
+            raise _UsageExit(f"--{name.replace('_', '-')} must be >= 0, got {v}")
     mvr = getattr(args, "max_violation_rate", None)
     if mvr is not None and not (math.isfinite(mvr) and 0.0 <= mvr <= 1.0):
         raise _UsageExit(f"--max-violation-rate must be a share of steps in [0, 1], got {mvr}")
@@ -126,7 +127,8 @@ def _run_train(args: argparse.Namespace) -> int:
     canonical_algo(algo)
     kwargs = dict(
         env_id=env_id, algo=algo, steps=steps, seed=args.seed, n_envs=n_envs, logdir=args.logdir,
-        hyperparams=args.hyperparams, conf_file=args.conf_file, env_kwargs=_key_values(args.env_kwargs),
+        hyperparams=_key_values(args.hyperparams, "--hyperparams"), conf_file=args.conf_file,
+        env_kwargs=_key_values(args.env_kwargs, "--env-kwargs"),
         eval_freq=eval_freq, eval_episodes=eval_episodes, checkpoint_freq=args.checkpoint_freq, resume=args.resume,
         run_name=args.run_name, vec=args.vec, progress_bar=not args.no_progress, baselines=args.baselines,
         max_violation_rate=args.max_violation_rate, threads=args.threads, verbose=args.verbose,
@@ -149,20 +151,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> int:
         if argv and argv[0] == "evaluate":
             return _run_evaluate(evaluate_parser().parse_args(argv[1:]))
         if argv and argv[0] == "compare":  # the benchmark report: same as python -m agents.compare
             from .report.benchmark import main as compare_main
 
             return compare_main(argv[1:])
-        if argv and argv[0] == "train":
-            argv = argv[1:]
-        return _run_train(train_parser().parse_args(argv))
-    except (_UsageExit, AgentConfigError) as exc:
-        msg = " ".join(str(exc).split())
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+        return _run_train(train_parser().parse_args(argv[1:] if argv and argv[0] == "train" else argv))
+
+    return run_main(PROG, body, interrupted="interrupted (resume with --resume)")

@@ -21,6 +21,23 @@ def ensure_registered(env_id: str) -> None:
         raise AgentConfigError(f"unknown environment id {env_id!r}; registered: {', '.join(ids) or 'none'}") from None
 
 
+def env_setting(env_id: str) -> str:
+    """The setting (``decode``, ``prefill``, ``fastfading``) of a registered env id, without building it."""
+    return str(getattr(env_class(env_id), "setting", "decode"))
+
+
+def env_class(env_id: str):
+    """The environment class of a registered env id (its entry point), without building it."""
+    ensure_registered(env_id)
+    entry = gym.spec(env_id).entry_point
+    if isinstance(entry, str):
+        import importlib
+
+        mod, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(mod), name)
+    return entry
+
+
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     ensure_registered(env_id)
     return gym.make(env_id, **(env_kwargs or {}))

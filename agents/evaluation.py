@@ -210,6 +210,31 @@ def baseline_names(names: Iterable[str] | None = None) -> list[str]:
     return list(baselines.available_policies())
 
 
+def check_baselines(names: Iterable[str] | None, setting: str, env_id: str, option: str = "--baselines") -> None:
+    """:class:`~agents.algos.AgentConfigError` naming every name of ``names`` that is not a registered
+    baseline, or one that does not apply to ``setting`` (the setting of ``env_id``); ``None`` is every one."""
+    if names is None:
+        return
+    import baselines
+
+    from .algos import AgentConfigError
+
+    names = list(names)
+    known = baselines.available_policies()
+    fits = baselines.available_policies(setting)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise AgentConfigError(f"{option}: unknown baseline(s) {', '.join(map(repr, unknown))}; "
+                               f"for {env_id} ({setting}): {', '.join(fits)}")
+    wrong = [n for n in names if n not in fits]
+    if wrong:
+        raise AgentConfigError(f"{option}: {', '.join(map(repr, wrong))} do(es) not apply to {env_id} ({setting}); "
+                               f"available there: {', '.join(fits)}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise AgentConfigError(f"{option}: {', '.join(map(repr, twice))} given twice")
+
+
 def comparison_rows(
     agent_name: str | None,
     agent_summary: dict[str, float] | None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -53,20 +54,42 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     return copy.deepcopy(dict(params or {}))
 
 
-def parse_overrides(items: Iterable[str] | None) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict, values parsed as YAML."""
+class _OverrideLoader(yaml.SafeLoader):
+    """YAML for ``key=value`` overrides: YAML 1.1 (PyYAML) plus YAML 1.2's floats, so ``1e-3``, ``3E-4`` and
+    ``5e2`` are numbers (YAML 1.1 wants a dot and a signed exponent, ``1.0e-3``, and reads ``1e-3`` as a string)."""
+
+
+_OverrideLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str):
+    """One override value parsed as YAML (with YAML 1.2's floats: ``1e-3`` is 0.001, ``lin_1e-3`` and ``auto``
+    stay strings); an empty value is ``None``."""
+    return yaml.load(text, Loader=_OverrideLoader) if text.strip() else None  # noqa: S506 - a SafeLoader
+
+
+def parse_overrides(items: Iterable[str] | None, option: str = "--hyperparams") -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict, values parsed as YAML (:func:`parse_value`).  An item without ``=``, an
+    empty key, a key given twice or an unparsable value raise :class:`AgentConfigError` naming ``option``."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise AgentConfigError(f"hyperparameter override {item!r} is not of the form key=value")
+            raise AgentConfigError(f"{option}: {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
         key = key.strip()
         if not key:
-            raise AgentConfigError(f"hyperparameter override {item!r} has an empty key")
+            raise AgentConfigError(f"{option}: {item!r} has an empty key")
+        if key in out:
+            raise AgentConfigError(f"{option}: {key!r} is given twice")
         try:
-            out[key] = yaml.safe_load(value) if value.strip() else None
+            out[key] = parse_value(value)
         except yaml.YAMLError as exc:
-            raise AgentConfigError(f"cannot parse value of {key!r}: {value!r} ({exc.__class__.__name__})") from None
+            raise AgentConfigError(f"{option}: cannot parse the value of {key!r}: {value!r} "
+                                   f"({exc.__class__.__name__})") from None
     return out
 
 
@@ -127,7 +150,9 @@ def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], d
         if isinstance(value, str):
             kind, _, number = value.partition("_")
             if kind != "lin":
-                raise AgentConfigError(f"{key}={value!r}: only constants and lin_<x> schedules are supported")
+                hint = (" (YAML 1.1 reads numbers such as 1e-3 as strings in a file: write 1.0e-3)"
+                        if re.fullmatch(r"[-+]?[0-9.]+[eE][-+]?[0-9]+", value.strip()) else "")
+                raise AgentConfigError(f"{key}={value!r}: only constants and lin_<x> schedules are supported{hint}")
             try:
                 params[key] = _Linear(float(number))
             except ValueError:

@@ -85,6 +85,60 @@ def train_unit(env_id: str, algo: str, seed: int, logdir: str, train_kwargs: dic
     return row
 
 
+def _action_space(env_id: str, env_kwargs: dict[str, Any]):
+    """The action space of ``env_id`` built with ``env_kwargs`` (which the env checks), or AgentConfigError."""
+    from .algos import AgentConfigError
+    from .envs import make_env
+
+    try:
+        return make_env(env_id, env_kwargs).action_space
+    except AgentConfigError:
+        raise
+    except Exception as exc:
+        raise AgentConfigError(f"--env-kwargs: {env_id} refuses them: {type(exc).__name__}: {exc}") from None
+
+
+def check_train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str, logdir: Path,
+                      train_kwargs: dict[str, Any]) -> tuple[list[str], list[int]]:
+    """Check a whole sweep before any run starts: ``(canonical algorithms, seeds)``, or
+    :class:`~agents.algos.AgentConfigError` naming the problem (unknown env or algorithm, one that cannot act
+    in the env, bad hyperparameters or baselines, a seed given twice or negative, a run folder of the sweep
+    that already exists)."""
+    from .algos import AgentConfigError, canonical_algo, check_compatible
+    from .envs import env_setting
+    from .evaluation import check_baselines
+    from .hyperparams import resolve_hyperparams, split_hyperparams
+    from .runio import slug
+
+    algos = [canonical_algo(a) for a in algos]
+    seeds = list(seeds)
+    if not algos or not seeds:
+        raise AgentConfigError("a sweep needs at least one algorithm and one seed")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise AgentConfigError(f"--seeds must be integers >= 0, got {bad}")
+    for name, values in (("--algos", algos), ("--seeds", seeds)):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise AgentConfigError(f"{name}: {', '.join(map(str, twice))} given twice (one run folder each)")
+    env_kwargs = dict(train_kwargs.get("env_kwargs") or {})
+    space = _action_space(env_id, env_kwargs)
+    for a in algos:
+        check_compatible(a, space, env_id)
+        split_hyperparams(a, resolve_hyperparams(a, env_id, train_kwargs.get("hyperparams")))
+    check_baselines(train_kwargs.get("baselines"), env_setting(env_id), env_id)
+    for name in ("steps", "n_envs", "eval_episodes", "eval_freq", "checkpoint_freq"):
+        v = train_kwargs.get(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise AgentConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {v!r}")
+    taken = [f"{slug(env_id)}_{a}_seed{s}" for a in algos for s in seeds
+             if (Path(logdir) / f"{slug(env_id)}_{a}_seed{s}").exists()]
+    if taken:
+        raise AgentConfigError(f"--out: {logdir} already holds run(s) {', '.join(taken)} of this sweep; "
+                               f"choose another --out")
+    return algos, [int(s) for s in seeds]
+
+
 def _write_artifacts(row: dict[str, Any]) -> None:
     arts = row.pop("artifacts", None)
     if not arts:
@@ -105,17 +159,16 @@ def train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str = DEFAUL
     ``train_kwargs`` go to :func:`agents.training.train` (``steps``, ``n_envs``, ``hyperparams``,
     ``env_kwargs``, ``eval_episodes``, ``eval_freq``, ``baselines``...).  With ``use_ray`` (or an
     ``address``) each run is a Ray task needing ``cpus_per_run`` CPUs."""
-    from .algos import canonical_algo
-    from .envs import ensure_registered
-
-    ensure_registered(env_id)
-    algos = [canonical_algo(a) for a in algos]
-    seeds = [int(s) for s in seeds]
+    use_ray = bool(use_ray or address)
     out = Path(out).resolve()
     logdir = out / "runs"
+    algos, seeds = check_train_sweep(algos, seeds, env_id, logdir, train_kwargs)
+    if use_ray:
+        from .ray_utils import require_ray
+
+        require_ray()
     logdir.mkdir(parents=True, exist_ok=True)
     units = [(a, s) for a in algos for s in seeds]
-    use_ray = bool(use_ray or address)
     t0 = time.perf_counter()
 
     def note(i, row):
@@ -288,10 +341,9 @@ def tune_ppo(env_id: str = DEFAULT_ENV, algo: str = "ppo", num_samples: int = 8,
     if metric not in ("regret", "feasible_regret"):
         raise ValueError(f"metric must be regret or feasible_regret, got {metric!r}")
     from .algos import canonical_algo
-    from .envs import ensure_registered
     from .ray_utils import init_ray, require_ray
 
-    ensure_registered(env_id)
+    check_tune(env_id, algo, dict(hyperparams or {}), dict(env_kwargs or {}))
     algo = canonical_algo(algo)
     ray = require_ray()
     from ray import tune
@@ -349,16 +401,27 @@ def tune_ppo(env_id: str = DEFAULT_ENV, algo: str = "ppo", num_samples: int = 8,
 
 
 # ============================================================================ command line
-def _kv(items):
+PROG = "python -m agents.ray_sweep"
+
+
+def _kv(items, option: str):
     from .hyperparams import parse_overrides
 
-    return parse_overrides(items)
+    return parse_overrides(items, option)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m agents.ray_sweep {train,tune}``: bad input is one line ``python -m agents.ray_sweep: error:
+    ...`` and exit status 2, before Ray starts."""
+    from .cliutil import run_main
 
-    ap = argparse.ArgumentParser(prog="python -m agents.ray_sweep", description=__doc__.split("\n\n")[0])
+    return run_main(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    from .cliutil import OneLineParser, UsageError, at_least
+
+    ap = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     def common(p):
@@ -389,19 +452,35 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--metric", choices=["regret", "feasible_regret"], default="regret")
     u.add_argument("--asha", action="store_true", help="ASHA early stopping")
     args = ap.parse_args(argv)
+    if not args.out.strip():
+        raise UsageError("--out must not be empty")
+    for name in ("steps", "n_envs", "eval_episodes", "num_cpus", "eval_freq", "num_samples", "chunks"):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), 1)
+    for name in ("seed", "search_seed"):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), 0)
+    hyper, env_kwargs = _kv(args.hyperparams, "--hyperparams"), _kv(args.env_kwargs, "--env-kwargs")
+    from .ray_utils import ray_missing_reason
 
     if args.cmd == "train":
+        if args.ray or args.ray_address:
+            reason = ray_missing_reason()
+            if reason:
+                raise UsageError(f"--ray: {reason}")
         res = train_sweep(args.algos, args.seeds, args.env, args.out, use_ray=args.ray, address=args.ray_address,
                           num_cpus=args.num_cpus, steps=args.steps, n_envs=args.n_envs, eval_episodes=args.eval_episodes,
-                          eval_freq=args.eval_freq, hyperparams=_kv(args.hyperparams), env_kwargs=_kv(args.env_kwargs),
+                          eval_freq=args.eval_freq, hyperparams=hyper, env_kwargs=env_kwargs,
                           baselines=args.baselines)
         print(Path(res["paths"]["md"]).read_text())
         print(f"wrote {res['paths']['csv']}, {res['paths']['summary_csv']}, {res['paths']['md']} "
               f"in {res['wall_s']:.1f} s")
         return 0
+    check_tune(args.env, args.algo, hyper, env_kwargs)
+    reason = ray_missing_reason("ray.tune")
+    if reason:
+        raise UsageError(f"tune: {reason}")
     res = tune_ppo(args.env, args.algo, num_samples=args.num_samples, steps=args.steps, chunks=args.chunks,
                    n_envs=args.n_envs, eval_episodes=args.eval_episodes, seed=args.seed, metric=args.metric,
-                   hyperparams=_kv(args.hyperparams), env_kwargs=_kv(args.env_kwargs), asha=args.asha,
+                   hyperparams=hyper, env_kwargs=env_kwargs, asha=args.asha,
                    search_seed=args.search_seed, out=args.out, address=args.ray_address, num_cpus=args.num_cpus)
     b = res["best"]
     if b:
@@ -410,6 +489,17 @@ def main(argv: list[str] | None = None) -> int:
               f"with {json.dumps(b['config'])}")
     print(f"wrote {res['paths']['csv']}, {res['paths']['best']} in {res['wall_s']:.1f} s")
     return 0
+
+
+def check_tune(env_id: str, algo: str, hyperparams: dict[str, Any], env_kwargs: dict[str, Any]) -> None:
+    """Check a Tune search's fixed settings before Ray starts (env, algorithm, hyperparameters, env kwargs)."""
+    from .algos import canonical_algo, check_compatible
+    from .hyperparams import resolve_hyperparams, split_hyperparams
+
+    algo = canonical_algo(algo)
+    space = _action_space(env_id, env_kwargs)
+    check_compatible(algo, space, env_id)
+    split_hyperparams(algo, resolve_hyperparams(algo, env_id, hyperparams))
 
 
 if __name__ == "__main__":

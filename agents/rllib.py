@@ -218,11 +218,24 @@ def train_rllib_ppo(env_id: str = DEFAULT_ENV, iterations: int = 3, env_config: 
             ray.shutdown()
 
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
+PROG = "python -m agents.rllib"
 
-    ap = argparse.ArgumentParser(prog="python -m agents.rllib", description="RLlib PPO on a siftmoe_gym environment.")
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agents.rllib``: bad input is one line ``python -m agents.rllib: error: ...`` and exit status 2,
+    before Ray starts."""
+    from .cliutil import run_main
+
+    return run_main(PROG, lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
+    import json
+    import math
+
+    from .cliutil import OneLineParser, UsageError, at_least
+
+    ap = OneLineParser(prog=PROG, description="RLlib PPO on a siftmoe_gym environment.")
     ap.add_argument("--env", default=DEFAULT_ENV)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--train-batch-size", type=int, default=512)
@@ -236,12 +249,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. auto or HOST:6379)")
     ap.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     args = ap.parse_args(argv)
-    res = train_rllib_ppo(args.env, args.iterations, json.loads(args.env_config), address=args.ray_address,
+    for name in ("iterations", "train_batch_size", "minibatch_size", "num_epochs", "num_cpus"):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
+    for name in ("num_env_runners", "seed", "eval_episodes"):
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name), 0)
+    if args.minibatch_size > args.train_batch_size:
+        raise UsageError(f"--minibatch-size {args.minibatch_size} exceeds --train-batch-size {args.train_batch_size}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a positive number, got {args.lr}")
+    try:
+        env_config = json.loads(args.env_config)
+    except ValueError as exc:
+        raise UsageError(f"--env-config is not JSON: {exc}") from None
+    if not isinstance(env_config, dict):
+        raise UsageError(f"--env-config must be a JSON object of gym.make keyword arguments, got {args.env_config}")
+    check_env(args.env, env_config)
+    from .ray_utils import ray_missing_reason
+
+    reason = ray_missing_reason("ray.rllib")
+    if reason:
+        raise UsageError(reason)
+    res = train_rllib_ppo(args.env, args.iterations, env_config, address=args.ray_address,
                           num_cpus=args.num_cpus, eval_episodes=args.eval_episodes, seed=args.seed,
                           train_batch_size=args.train_batch_size, minibatch_size=args.minibatch_size,
                           num_epochs=args.num_epochs, num_env_runners=args.num_env_runners, lr=args.lr)
     print(f"done in {res['wall_s']:.1f} s")
     return 0
+
+
+def check_env(env_id: str, env_config: dict[str, Any]) -> None:
+    """:class:`~agents.algos.AgentConfigError` unless ``env_id`` is a siftmoe_gym id that builds with
+    ``env_config`` (the environment checks every key and value)."""
+    from siftmoe_gym.envs import ENV_IDS
+
+    from .algos import AgentConfigError
+
+    if env_id not in ENV_IDS:
+        raise AgentConfigError(f"--env: unknown siftmoe_gym id {env_id!r}; known: {', '.join(ENV_IDS)}")
+    try:
+        gym.make(env_id, **env_config).close()
+    except Exception as exc:
+        raise AgentConfigError(f"--env-config: {env_id} refuses it: {type(exc).__name__}: {exc}") from None
 
 
 if __name__ == "__main__":

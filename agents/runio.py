@@ -10,8 +10,11 @@ folder, then ``os.replace`` moves it into place (atomic on POSIX).
 ``atomic_save_model``          ``model.save`` of an SB3 model
 ``atomic_save_replay_buffer``  an off-policy model's replay buffer
 ``read_latest_checkpoint``     ``checkpoints/latest.json`` with resolved paths
-``new_run_dir``                ``<logdir>/<base>``, or ``<base>_2``, ``_3``... if taken
-``latest_run_dir``             the newest of those (for ``--resume``)
+``intact_checkpoints``         the checkpoints of a run that can be loaded, newest first
+``claim_run_dir``              create ``<logdir>/<base>`` (or ``<base>_2``, ...) atomically for this run
+``new_run_dir``                the folder :func:`claim_run_dir` would claim now (no claim)
+``latest_run_dir``             the newest of those with a config and an intact checkpoint (``--resume``)
+``remove_stale_tmp``           temporary files an interrupted write left in a run folder
 ``model_metadata``             the JSON written beside a model, else ``config.json``
 ``resolve_model_path``         a model zip from a path, a stem or a run folder
 =============================  =====================================================
@@ -103,15 +106,82 @@ def atomic_save_replay_buffer(model, path: str | os.PathLike) -> Path:
 
 
 def read_latest_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """``checkpoints/latest.json`` with ``model_path`` (and ``replay_buffer_path``) resolved; ``None`` if absent."""
+    """``checkpoints/latest.json`` with ``model_path`` (and ``replay_buffer_path``) resolved; ``None`` if absent.
+    A file that is not a checkpoint index (truncated, not JSON, no ``model``) raises ``ValueError``."""
     path = Path(ckpt_dir) / "latest.json"
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text())
-    entry["model_path"] = str(Path(ckpt_dir) / entry["model"])
+    return _resolve_entry(Path(ckpt_dir), json.loads(path.read_text()))
+
+
+def _resolve_entry(ckpt_dir: Path, entry: Any) -> dict[str, Any]:
+    if not isinstance(entry, dict) or not isinstance(entry.get("model"), str) or not isinstance(entry.get("timesteps"), int):
+        raise ValueError("not a checkpoint entry (model, timesteps)")
+    entry = dict(entry)
+    entry["model_path"] = str(ckpt_dir / entry["model"])
     if entry.get("replay_buffer"):
-        entry["replay_buffer_path"] = str(Path(ckpt_dir) / entry["replay_buffer"])
+        entry["replay_buffer_path"] = str(ckpt_dir / entry["replay_buffer"])
     return entry
+
+
+_CKPT = re.compile(r"ckpt_(\d+)\.zip")
+
+
+def zip_intact(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a readable SB3 zip: every member's CRC checks and it holds ``data``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None and "data" in z.namelist()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def intact_checkpoints(ckpt_dir: str | os.PathLike, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The checkpoints of ``ckpt_dir`` whose model zip (and replay buffer, if it has one) are intact, newest
+    first, as :func:`read_latest_checkpoint` entries: the one ``latest.json`` names first, then the others
+    (``ckpt_<steps>.json`` beside each, else the step count of its name).  What was passed over (a corrupted
+    ``latest.json``, a damaged zip) is appended to ``notes``."""
+    ckpt_dir = Path(ckpt_dir)
+    notes = notes if notes is not None else []
+    entries: dict[str, dict[str, Any]] = {}
+    try:
+        latest = read_latest_checkpoint(ckpt_dir)
+    except (OSError, ValueError) as exc:
+        latest = None
+        notes.append(f"{ckpt_dir / 'latest.json'} is unreadable ({type(exc).__name__}: {exc}); "
+                     f"looking for the newest intact checkpoint")
+    if latest is not None:
+        entries[latest["model"]] = latest
+    for p in ckpt_dir.glob("ckpt_*.zip"):
+        m = _CKPT.fullmatch(p.name)
+        if not m or p.name in entries:
+            continue
+        entry: Any = {"model": p.name, "timesteps": int(m.group(1))}
+        side = p.with_suffix(".json")
+        try:
+            if side.is_file():
+                entry = json.loads(side.read_text())
+        except (OSError, ValueError):
+            pass
+        try:
+            entries[p.name] = _resolve_entry(ckpt_dir, entry)
+        except ValueError:
+            entries[p.name] = _resolve_entry(ckpt_dir, {"model": p.name, "timesteps": int(m.group(1))})
+        rb = ckpt_dir / f"{p.stem}_replay_buffer.pkl"
+        if rb.is_file() and not entries[p.name].get("replay_buffer"):
+            entries[p.name].update(replay_buffer=rb.name, replay_buffer_path=str(rb))
+    out = []
+    for e in sorted(entries.values(), key=lambda e: (e is not latest, -int(e["timesteps"]))):
+        rb = e.get("replay_buffer_path")
+        if not zip_intact(e["model_path"]):
+            notes.append(f"checkpoint {e['model_path']} is missing or damaged: passed over")
+        elif rb and not (Path(rb).is_file() and Path(rb).stat().st_size > 0):
+            notes.append(f"replay buffer {rb} is missing or empty: checkpoint passed over")
+        else:
+            out.append(e)
+    return out
 
 
 def slug(env_id: str) -> str:
@@ -119,8 +189,25 @@ def slug(env_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", env_id).strip("-")
 
 
+def _numbered(logdir: Path, base: str) -> list[tuple[int, Path]]:
+    """``(i, logdir/base[_i])`` of the existing run folders of ``base`` (``base`` itself is 1)."""
+    pat = re.compile(re.escape(base) + r"(?:_(\d+))?")
+    out = []
+    for p in logdir.glob(f"{glob_escape(base)}*"):
+        m = pat.fullmatch(p.name)
+        if m and p.is_dir():
+            out.append((int(m.group(1)) if m.group(1) else 1, p))
+    return sorted(out)
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 def new_run_dir(logdir: Path, base: str) -> Path:
-    """``logdir/base``, or the first free ``logdir/base_<i>`` (i >= 2)."""
+    """``logdir/base``, or the first free ``logdir/base_<i>`` (i >= 2) -- what :func:`claim_run_dir` would claim
+    now.  Use :func:`claim_run_dir` to take it: another run may take this one first."""
     d = logdir / base
     if not d.exists():
         return d
@@ -130,12 +217,57 @@ def new_run_dir(logdir: Path, base: str) -> Path:
     return logdir / f"{base}_{i}"
 
 
+def claim_run_dir(logdir: str | os.PathLike, base: str, exact: bool = False) -> Path:
+    """Create this run's folder atomically (``os.mkdir``): ``logdir/base``, else the first free ``base_2``,
+    ``base_3``, ... (two runs started at once get two folders).  With ``exact`` only ``logdir/base`` itself,
+    and :class:`AgentConfigError` when it exists (a named run is never reused without ``--resume``)."""
+    logdir = Path(logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    if exact:
+        try:
+            os.mkdir(logdir / base)
+        except FileExistsError:
+            raise AgentConfigError(f"--run-name {base!r}: {logdir / base} already exists (continue it with --resume, "
+                                   f"or choose another name)") from None
+        return logdir / base
+    i = 1
+    while True:
+        d = logdir / (base if i == 1 else f"{base}_{i}")
+        try:
+            os.mkdir(d)
+            return d
+        except FileExistsError:
+            i += 1
+
+
+def resumable(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The intact checkpoints of ``run_dir`` (newest first), or ``[]`` when it has no ``config.json``."""
+    if not (run_dir / "config.json").is_file():
+        return []
+    return intact_checkpoints(run_dir / "checkpoints", notes)
+
+
 def latest_run_dir(logdir: Path, base: str) -> Path | None:
-    """The highest-numbered of ``logdir/base`` and ``logdir/base_<i>``, or ``None``."""
-    cands = [p for p in logdir.glob(f"{base}*") if p.is_dir() and re.fullmatch(re.escape(base) + r"(_\d+)?", p.name)]
-    if not cands:
-        return None
-    return max(cands, key=lambda p: int(p.name.rsplit("_", 1)[1]) if p.name != base else 1)
+    """The highest-numbered of ``logdir/base`` and ``logdir/base_<i>`` that has a ``config.json`` and an intact
+    checkpoint (what ``--resume`` continues), or ``None``."""
+    for _, p in reversed(_numbered(Path(logdir), base)):
+        if resumable(p, []):
+            return p
+    return None
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``.<name>.<random>.tmp``) that writes interrupted by a kill left in
+    ``run_dir`` and its sub-folders; returns them.  Only for a folder no other process is writing."""
+    removed = []
+    for p in Path(run_dir).rglob(".*.tmp"):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def model_metadata(model_path: str | os.PathLike) -> dict[str, Any]:

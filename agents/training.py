@@ -8,7 +8,7 @@ A run lives in ``<logdir>/<run_name>/``:
 ``progress.csv``           SB3's tabular log
 ``evaluations.json``       every periodic evaluation (agent vs siftmoe/topk)
 ``baselines.json``         cached baseline results on the evaluation seeds
-``checkpoints/``           ``ckpt_<steps>.zip`` (+ replay buffer), ``latest.json``
+``checkpoints/``           ``ckpt_<steps>.zip`` (+ replay buffer, + ``.json`` entry), ``latest.json``
 ``best_model.zip/.json``   best evaluation so far and its metrics + config
 ``final_model.zip/.json``  model at the end of training and its config
 ``comparison.{csv,json,png}``, ``learning_curve.png``  final comparison table
@@ -26,16 +26,20 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .algos import AgentConfigError, AlgoSpec, canonical_algo, check_compatible, get_algo
-from .callbacks import AtomicCheckpointCallback, ComparisonEvalCallback, ProgressBarCallback
-from .envs import ensure_registered, make_baseline_env, make_env, make_vec_env
-from .evaluation import DEFAULT_EVAL_SEED_BASE, BaselineCache, comparison_rows, eval_seeds, evaluate
+from .callbacks import (
+    AtomicCheckpointCallback, ComparisonEvalCallback, ProgressBarCallback, planned_evaluations, reached_steps,
+    rollout_steps, tensorboard_logger,
+)
+from .envs import ensure_registered, env_setting, make_baseline_env, make_env, make_vec_env
+from .evaluation import DEFAULT_EVAL_SEED_BASE, BaselineCache, check_baselines, comparison_rows, eval_seeds, evaluate
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
 from .models import load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
 from .policy import AgentPolicy
 from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
-    atomic_save_model, atomic_write_json, latest_run_dir, new_run_dir, read_latest_checkpoint, resolve_model_path, slug,
+    atomic_save_model, atomic_write_json, claim_run_dir, glob_escape, latest_run_dir, remove_stale_tmp,
+    resolve_model_path, resumable, slug,
 )
 
 QUICK = {
@@ -86,7 +90,22 @@ class RunPlan:
     eval_freq: int
     checkpoint_freq: int
     max_violation_rate: float
-    checkpoint: dict[str, Any] | None = None  # latest checkpoint when resuming
+    checkpoint: dict[str, Any] | None = None  # the checkpoint resumed from (set by build_agent)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # resume: intact checkpoints, newest first
+    run_base: str = ""  # new run: the folder name to claim (base, base_2, ... unless named)
+    named: bool = False  # new run: --run-name given (that folder exactly, never reused)
+    notes: list[str] = field(default_factory=list)  # what the run should say on stderr and in train.log
+
+    @property
+    def resuming(self) -> bool:
+        return bool(self.checkpoints)
+
+    def note(self, text: str) -> None:
+        """Say ``text`` on stderr now and in ``train.log`` once the run has its folder."""
+        import sys
+
+        self.notes.append(text)
+        print(f"warning: {text}", file=sys.stderr)
 
     def config(self) -> dict[str, Any]:
         """``config.json`` of the run."""
@@ -113,37 +132,6 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(int(n))
 
 
-def rollout_steps(model) -> int:
-    """Environment steps an algorithm collects between two updates (a whole rollout: ``learn`` stops only at
-    one's end)."""
-    n_envs = int(getattr(model, "n_envs", 1) or 1)
-    if hasattr(model, "n_steps"):  # on-policy: n_steps per copy
-        return int(model.n_steps) * n_envs
-    tf = getattr(model, "train_freq", None)  # off-policy: train_freq steps per copy (or an episode)
-    if tf is not None and str(getattr(tf.unit, "value", tf.unit)) == "step":
-        return int(tf.frequency) * n_envs
-    return n_envs
-
-
-def reached_steps(start: int, total: int, chunk: int) -> int:
-    """The step count a run from ``start`` towards ``total`` really ends at: whole chunks of ``chunk`` steps."""
-    if total <= start:
-        return start
-    return start + -(-(total - start) // chunk) * chunk
-
-
-def planned_evaluations(start: int, target: int, chunk: int, freq: int) -> int:
-    """How many evaluations :class:`~agents.callbacks.ComparisonEvalCallback` makes from ``start`` to
-    ``target``: at the first rollout boundary after every ``freq`` steps, and once at the end."""
-    count, nxt, b, last = 0, (start // freq + 1) * freq, start, None
-    while b + chunk < target:
-        b += chunk
-        if b >= nxt:
-            count, last = count + 1, b
-            nxt = (b // freq + 1) * freq
-    return count + (last != target)
-
-
 def baseline_cache(env_id: str, env_kwargs: dict[str, Any], seeds: list[int], path: Path) -> BaselineCache:
     """The baselines on ``seeds`` in ``action_mode="slots"`` (their exact assignments), cached at ``path``."""
     key = json.dumps({"env_id": env_id, "env_kwargs": env_kwargs, "baseline_mode": "slots"}, sort_keys=True)
@@ -155,25 +143,39 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
                 hyperparams, conf_file, env_kwargs: dict[str, Any] | None, eval_freq: int | None, eval_episodes: int,
                 eval_seed_base: int, checkpoint_freq: int | None, resume: bool, run_name: str | None,
                 vec: str | None, max_violation_rate: float) -> RunPlan:
-    """Resolve the run's folder, hyperparameters and settings (from the saved run when resuming)."""
+    """Resolve the run's hyperparameters and settings (from the saved run when resuming) and check them, before
+    anything is built or created.  A new run's folder is claimed later (:func:`claim_run_dir`, in
+    :func:`train`); a resumed run's is the newest folder of this env/algo/seed (or ``run_name``) with a
+    ``config.json`` and an intact checkpoint (``plan.checkpoints``, newest first)."""
     algo = canonical_algo(algo)
     spec = get_algo(algo)
     ensure_registered(env_id)
     if vec not in (None, "native", "dummy", "subproc"):
         raise AgentConfigError(f"unknown --vec {vec!r}; use native, dummy or subproc")
+    for name, v in (("--seed", seed), ("--eval-seed", eval_seed_base)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise AgentConfigError(f"{name} must be an integer >= 0, got {v!r}")
     base = run_name or f"{slug(env_id)}_{algo}_seed{seed}"
-    ckpt = saved = None
+    notes: list[str] = []
+    checkpoints: list[dict[str, Any]] = []
+    saved = None
     if resume:
         run_dir = (logdir / run_name) if run_name else latest_run_dir(logdir, base)
+        if run_dir is None:  # no folder with a config and an intact checkpoint: say what is there
+            found = [p for p in (logdir.glob(f"{glob_escape(base)}*") if logdir.is_dir() else [])
+                     if (p / "config.json").is_file()]
+            run_dir = max(found, key=lambda p: p.stat().st_mtime) if found else None
         if run_dir is None or not (run_dir / "config.json").is_file():
             raise AgentConfigError(f"--resume: no run {base!r} under {logdir}")
-        ckpt = read_latest_checkpoint(run_dir / "checkpoints")
-        if ckpt is None or not Path(ckpt["model_path"]).is_file():
-            raise AgentConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
+        checkpoints = resumable(run_dir, notes)
+        if not checkpoints:
+            why = "; ".join(notes) or "none was written"
+            raise AgentConfigError(f"--resume: no intact checkpoint in {run_dir / 'checkpoints'} ({why})")
         saved = json.loads((run_dir / "config.json").read_text())
         if saved["env_id"] != env_id or saved["algo"] != algo:
             raise AgentConfigError(
                 f"--resume: run {run_dir} is {saved['algo']} on {saved['env_id']}, not {algo} on {env_id}")
+        _same_as_saved(saved, n_envs, env_kwargs, conf_file)
         raw = saved["hyperparams"]
         if hyperparams:
             raw = {**raw, **(hyperparams if isinstance(hyperparams, dict) else parse_overrides(hyperparams))}
@@ -182,7 +184,10 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
         seed = saved["seed"]
     else:
         raw = resolve_hyperparams(algo, env_id, hyperparams, conf_file)
-        run_dir = (logdir / run_name) if run_name else new_run_dir(logdir, base)
+        run_dir = None
+        if run_name and (logdir / run_name).exists():
+            raise AgentConfigError(f"--run-name {run_name!r}: {logdir / run_name} already exists (continue it with "
+                                   f"--resume, or choose another name)")
         eval_seed_list = eval_seeds(eval_episodes, eval_seed_base)
 
     trainer_opts, algo_kwargs = split_hyperparams(algo, raw)
@@ -199,42 +204,92 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
 
         vec = "native" if (has_native(env_id) and wrapper is None and not spec.masked) else "dummy"
     eval_freq = int(eval_freq or max(total // 10, 1))
-    return RunPlan(env_id, algo, spec, int(seed), run_dir, raw, algo_kwargs, env_kwargs, n_envs, total, vec, wrapper,
-                   eval_seed_list, eval_freq, int(checkpoint_freq or eval_freq), max_violation_rate, ckpt)
+    plan = RunPlan(env_id, algo, spec, int(seed), run_dir, raw, algo_kwargs, env_kwargs, n_envs, total, vec, wrapper,
+                   eval_seed_list, eval_freq, int(checkpoint_freq or eval_freq), max_violation_rate,
+                   checkpoints=checkpoints, run_base=base, named=bool(run_name))
+    for n in notes:
+        plan.note(n)
+    return plan
+
+
+def _same_as_saved(saved: dict[str, Any], n_envs: int | None, env_kwargs: dict[str, Any] | None, conf_file) -> None:
+    """On resume, refuse options that would otherwise be replaced by the saved run's without a word."""
+    if n_envs is not None and int(n_envs) != int(saved["n_envs"]):
+        raise AgentConfigError(f"--resume: --n-envs {n_envs} differs from the run's {saved['n_envs']} (its checkpoint's "
+                               f"buffers are shaped for it); leave --n-envs out")
+    have = saved.get("env_kwargs") or {}
+    diff = sorted(k for k, v in (env_kwargs or {}).items() if k not in have or have[k] != v)
+    if diff:
+        raise AgentConfigError(f"--resume: --env-kwargs {', '.join(diff)} differ from the run's env kwargs {have}; "
+                               f"a resumed run keeps its environment")
+    if conf_file is not None:
+        raise AgentConfigError("--resume: --conf-file is not used (the run's hyperparameters are in its config.json; "
+                               "override single values with --hyperparams)")
 
 
 def build_envs(plan: RunPlan):
-    """``(training VecEnv, evaluation env)``; refuses an algorithm that does not fit the action space."""
-    eval_env = make_env(plan.env_id, plan.env_kwargs)
+    """``(training VecEnv, evaluation env)``; refuses (:class:`AgentConfigError`) env kwargs the environment
+    does not take and an algorithm that does not fit the action space."""
+    try:
+        eval_env = make_env(plan.env_id, plan.env_kwargs)
+    except AgentConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise AgentConfigError(f"{plan.env_id} refuses the env kwargs {plan.env_kwargs}: {type(exc).__name__}: "
+                               f"{exc}") from None
     check_compatible(plan.algo, eval_env.action_space, plan.env_id)
     venv = make_vec_env(plan.env_id, plan.algo, plan.n_envs, plan.seed, plan.env_kwargs, plan.vec, plan.wrapper)
     return venv, eval_env
 
 
 def build_agent(plan: RunPlan, venv, device: str, verbose: int):
-    """``(model, history, best, wall_offset_s)``: a new model, or the checkpoint's with its evaluation history."""
-    from stable_baselines3.common.logger import configure
-
+    """``(model, history, best, wall_offset_s)``: a new model, or the newest checkpoint that loads (an older
+    intact one when the newest fails, with a note) with its evaluation history.  Sets ``plan.checkpoint``."""
     cls = plan.spec.load_class()
-    logger = configure(str(plan.run_dir / "tb"), ["tensorboard"] + (["stdout"] if verbose else []))
     history: list[dict[str, Any]] = []
     best = None
     wall_offset = 0.0
-    ckpt = plan.checkpoint
-    if ckpt is not None:
-        model = cls.load(ckpt["model_path"], env=venv, device=device, **_load_overrides(plan.algo_kwargs))
-        if ckpt.get("replay_buffer_path") and hasattr(model, "load_replay_buffer"):
-            model.load_replay_buffer(ckpt["replay_buffer_path"])
-        wall_offset = float(ckpt.get("wall_s", 0.0))
-        ev = plan.run_dir / "evaluations.json"
-        if ev.is_file():
-            history = [h for h in json.loads(ev.read_text())["history"] if h["timesteps"] <= model.num_timesteps]
-        bj = plan.run_dir / "best_model.json"
-        if bj.is_file():
-            best = json.loads(bj.read_text()).get("metrics")
-    else:
-        model = cls(env=venv, seed=plan.seed, device=device, verbose=verbose, **plan.algo_kwargs)
-    model.set_logger(logger)
+    if not plan.resuming:
+        try:
+            model = cls(env=venv, seed=plan.seed, device=device, verbose=verbose, **plan.algo_kwargs)
+        except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
+            raise AgentConfigError(f"cannot build {plan.spec.class_name} with these hyperparameters: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        return model, history, best, 0.0
+    model = None
+    for i, ckpt in enumerate(plan.checkpoints):
+        try:
+            model = cls.load(ckpt["model_path"], env=venv, device=device, **_load_overrides(plan.algo_kwargs))
+            if ckpt.get("replay_buffer_path") and hasattr(model, "load_replay_buffer"):
+                model.load_replay_buffer(ckpt["replay_buffer_path"])
+        except Exception as exc:  # a damaged file that passed the zip check: try the one before
+            model = None
+            plan.note(f"checkpoint {ckpt['model_path']} cannot be loaded ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]})")
+            continue
+        plan.checkpoint = ckpt
+        if i:
+            plan.note(f"resuming from the older intact checkpoint {ckpt['model_path']} "
+                      f"({int(model.num_timesteps):,} steps)")
+        break
+    if model is None:
+        raise AgentConfigError(f"--resume: no checkpoint in {plan.run_dir / 'checkpoints'} can be loaded "
+                               f"({'; '.join(plan.notes)})")
+    wall_offset = float(plan.checkpoint.get("wall_s", 0.0))
+    ev = plan.run_dir / "evaluations.json"
+    try:
+        history = [h for h in json.loads(ev.read_text())["history"] if h["timesteps"] <= model.num_timesteps]
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        plan.note(f"{ev} is unreadable ({type(exc).__name__}); the evaluation history restarts at this resume")
+    bj = plan.run_dir / "best_model.json"
+    try:
+        best = json.loads(bj.read_text()).get("metrics")
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, AttributeError) as exc:
+        plan.note(f"{bj} is unreadable ({type(exc).__name__}); the best model is chosen anew")
     return model, history, best, wall_offset
 
 
@@ -335,25 +390,60 @@ def train(
 ) -> TrainResult:
     """Train ``algo`` on ``env_id``; see the module docstring for what is written.
 
-    The steps of a run: :func:`resolve_run`, :func:`build_envs`, the run folder's ``config.json``,
-    :func:`build_agent`, :func:`make_callbacks`, :func:`learn`, :func:`final_comparison`.  ``threads``: torch
+    The steps of a run: :func:`resolve_run` (every cheap check), the baselines checked, :func:`build_envs`,
+    :func:`build_agent`, then (a new run) the run folder claimed atomically (:func:`claim_run_dir`: two runs
+    started at once get two folders) or (a resume) its stale temporary files removed, ``config.json``, the
+    TensorBoard writer (a resume purges the steps after its checkpoint), :func:`make_callbacks`, :func:`learn`,
+    :func:`final_comparison`.  A new run that stops before its first checkpoint removes its folder, so
+    ``--resume`` never finds a run it cannot continue.  ``threads``: torch
     threads (default 1; ``None`` leaves torch's setting); ``log``: evaluation lines on the console and in
     ``train.log`` (the file is always written)."""
     set_threads(threads)
     plan = resolve_run(env_id, algo, steps, seed, n_envs, Path(logdir), hyperparams, conf_file, env_kwargs, eval_freq,
                        eval_episodes, eval_seed_base, checkpoint_freq, resume, run_name, vec, max_violation_rate)
+    check_baselines(baselines, env_setting(plan.env_id), plan.env_id)
     venv, eval_env = build_envs(plan)
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(plan.run_dir / "config.json", plan.config())
-    model, history, best, wall_offset = build_agent(plan, venv, device, verbose)
-    cache = baseline_cache(plan.env_id, plan.env_kwargs, plan.eval_seeds, plan.run_dir / "baselines.json")
-    eval_cb, ckpt_cb = make_callbacks(plan, eval_env, cache, history, best, wall_offset, keep_checkpoints, verbose)
-    learn(plan, model, eval_cb, ckpt_cb, progress_bar, TrainLog(plan.run_dir / "train.log", echo=log))
-    venv.close()
+    claimed: Path | None = None
+    try:
+        model, history, best, wall_offset = build_agent(plan, venv, device, verbose)
+        if plan.checkpoint is None:  # everything built: now take the run folder (atomically)
+            plan.run_dir = claimed = claim_run_dir(Path(logdir), plan.run_base, exact=plan.named)
+        else:
+            for p in remove_stale_tmp(plan.run_dir):
+                plan.note(f"removed {p}, left by an interrupted write")
+        atomic_write_json(plan.run_dir / "config.json", plan.config())
+        purge = None if plan.checkpoint is None else int(model.num_timesteps) + 1
+        model.set_logger(tensorboard_logger(plan.run_dir / "tb", verbose, purge_step=purge))
+        tlog = TrainLog(plan.run_dir / "train.log", echo=log)
+        for n in plan.notes:
+            tlog.write(f"note: {n}", echo=False)  # already said on stderr
+        cache = baseline_cache(plan.env_id, plan.env_kwargs, plan.eval_seeds, plan.run_dir / "baselines.json")
+        eval_cb, ckpt_cb = make_callbacks(plan, eval_env, cache, history, best, wall_offset, keep_checkpoints, verbose)
+        learn(plan, model, eval_cb, ckpt_cb, progress_bar, tlog)
+    except BaseException:
+        if claimed is not None and not (claimed / "checkpoints" / "latest.json").is_file():
+            import shutil
+            import sys
+
+            shutil.rmtree(claimed, ignore_errors=True)
+            print(f"{claimed} removed: the run stopped before its first checkpoint", file=sys.stderr)
+        raise
+    finally:
+        venv.close()
     final_path, rows, files = final_comparison(plan, model, eval_cb, cache, baselines, print_table)
     best_path = plan.run_dir / "best_model.zip"
     return TrainResult(plan.run_dir, final_path, best_path if best_path.is_file() else None, rows, eval_cb.history,
                        files, int(model.num_timesteps), eval_cb.wall_s())
+
+
+def check_spaces(model, env, path, env_id: str) -> None:
+    """:class:`AgentConfigError` unless ``model`` acts and observes in ``env``'s spaces (a model labelled with
+    another environment in its metadata would otherwise be evaluated on a wrong env without a word)."""
+    for what in ("action_space", "observation_space"):
+        mine, theirs = getattr(model, what), getattr(env, what)
+        if mine != theirs:
+            raise AgentConfigError(f"{path} was not trained for {env_id} (its metadata says so): its {what.replace('_', ' ')} "
+                                   f"is {mine}, the environment's {theirs}")
 
 
 def _load_overrides(algo_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -375,11 +465,15 @@ def evaluate_saved(
 ) -> tuple[list[dict[str, Any]], dict[str, Path]]:
     """Re-evaluate a saved agent against the baselines on seeded episodes."""
     set_threads(threads)
+    for name, v in (("--episodes", episodes), ("--eval-seed", eval_seed_base)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "--episodes" else 0)):
+            raise AgentConfigError(f"{name} must be an integer >= {1 if name == '--episodes' else 0}, got {v!r}")
     path = resolve_model_path(model_path)
     model, meta = load_agent(path, device)
     env_id = meta["env_id"]
-    ensure_registered(env_id)
+    check_baselines(baselines, env_setting(env_id), env_id)
     env = make_env(env_id, meta.get("env_kwargs") or {})
+    check_spaces(model, env, path, env_id)
     if episodes is None and eval_seed_base is None and meta.get("eval_seeds"):
         seeds = list(meta["eval_seeds"])
     else:

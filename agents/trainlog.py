@@ -57,10 +57,11 @@ class TrainLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.echo = echo
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, echo: bool | None = None) -> None:
+        """Append ``text`` to the file, and print it unless ``echo`` (default: the log's) is false."""
         with open(self.path, "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-        if self.echo:
+        if self.echo if echo is None else echo:
             from tqdm import tqdm
 
             tqdm.write(text, file=sys.stdout)
