@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..algos import AgentConfigError
+from ..cliutil import OneLineParser, UsageError, at_least, run_main
 from ..models import load_saved_agent
 from ..runio import atomic_write_json, atomic_write_text, write_csv
 from .plots import plot_hf_accuracy, plot_scenario
@@ -26,12 +28,19 @@ from .runners import RayPointRunner, finish_sweep_scenario, run_hf_accuracy_scen
 from .scenarios import load_scenario_file, prepare_sweep_scenario, sweep_units
 from .tables import scenario_markdown
 
+PROG = "python -m agents.compare"
+
 def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, episodes: int | None = None,
                   agents: dict[str, str] | None = None, progress: bool = True, only: list[str] | None = None,
                   ray: bool = False, ray_address: str | None = None, ray_num_cpus: int | None = None,
                   ray_chunk: int = 8, threads: int = 1) -> dict[str, Any]:
     """Run every scenario of ``scenarios`` (YAML) and write ``episodes.csv``, ``summary.csv``, ``report.md``,
     ``meta.json`` and one PNG per scenario to ``out_dir``.  Returns a dict with records, summary and paths.
+
+    The whole input is checked first (the scenario file, ``only``, ``episodes``, the agents), before anything
+    runs or ``out_dir`` is created: :class:`~agents.algos.AgentConfigError` names the problem.  Each scenario's
+    results are written as soon as it finishes (its PNG; ``episodes.csv``, ``summary.csv``, ``report.md`` and
+    ``meta.json`` rewritten atomically with every finished scenario), so an interrupted run keeps them.
 
     With ``ray`` (or ``ray_address``) the sweep scenarios run as Ray tasks (:class:`RayPointRunner`: one per
     scenario point and chunk of ``ray_chunk`` seeds; ``threads`` torch threads each) on a local Ray instance
@@ -41,10 +50,19 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
 
     t0 = time.perf_counter()
     spec = load_scenario_file(scenarios)
+    names = [s["name"] for s in spec["scenarios"]]
+    unknown = [n for n in (only or []) if n not in names]
+    if unknown:
+        raise AgentConfigError(f"--only: unknown scenario(s) {', '.join(map(repr, unknown))}; "
+                               f"in {scenarios}: {', '.join(names)}")
+    if episodes is not None and (isinstance(episodes, bool) or int(episodes) < 1):
+        raise AgentConfigError(f"--episodes must be >= 1, got {episodes}")
+    if int(ray_chunk) < 1:
+        raise AgentConfigError(f"--ray-chunk must be >= 1, got {ray_chunk}")
+    loaded = load_agents(agents)
     base_dir = Path(scenarios).resolve().parent
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    loaded = [load_saved_agent(n, p) for n, p in (agents or {}).items()]
     scns = [s for s in spec["scenarios"] if not only or s["name"] in only]
     default_eps = int(episodes if episodes is not None else spec.get("episodes", 10))
     seed0 = int(spec.get("seed", 1000))
@@ -64,10 +82,34 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
     md = ["# siftmoe-gym benchmark report", "",
           f"Scenarios `{scenarios}`; every policy and agent runs on the same seeded episodes "
           f"(common random numbers); figures show the mean and a 95% Student-t confidence interval over episodes.", ""]
-    files = {}
+    files: dict[str, Path] = {}
+    paths = {"episodes_csv": out_dir / "episodes.csv", "summary_csv": out_dir / "summary.csv",
+             "markdown": out_dir / "report.md", "meta": out_dir / "meta.json"}
+    done: list[str] = []
     runner = None
     prepared: dict[str, tuple[dict | None, list[str]]] = {}
     ray_tasks = 0
+
+    def write_outputs(final: bool) -> dict[str, Any]:
+        """The report of the scenarios finished so far (every file replaced atomically)."""
+        wall = time.perf_counter() - t0
+        write_csv(paths["episodes_csv"], all_records, BENCH_RECORD_FIELDS)
+        sum_fields = (["scenario", "env", "point", "x", "policy"] + SCORE_FIELDS
+                      + [f"{m}{suf}" for m in SUMMARY_METRICS for suf in ("", "_ci95", "_n")])
+        write_csv(paths["summary_csv"], all_summary, sum_fields)
+        tail = ([f"Wall time {wall:.1f} s."] if final else
+                [f"Partial report: {len(done)} of {len(scns)} scenarios finished ({', '.join(done) or 'none'}).", ""])
+        atomic_write_text(paths["markdown"], "\n".join(md + tail) + "\n")
+        n, fails = siftmoe_dominance(all_records)
+        n_r, fails_r = return_dominance(all_records)
+        meta = {"scenarios": str(scenarios), "episodes": episodes, "agents": agents or {}, "wall_seconds": wall,
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
+                "dominance_checks": n, "return_dominance_checks": n_r, "dominance_failures": fails + fails_r,
+                "ray": bool(ray or ray_address), "ray_address": ray_address, "ray_tasks": ray_tasks,
+                "complete": final, "finished_scenarios": list(done)}
+        atomic_write_json(paths["meta"], meta)
+        return {"wall": wall, "dominance": (n + n_r, fails + fails_r)}
+
     try:
         if ray or ray_address:  # submit every sweep scenario first, so Ray is busy while we gather in order
             runner = RayPointRunner(ray_address, ray_num_cpus, ray_chunk, threads, agents)
@@ -119,28 +161,30 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
                 md.append(scenario_markdown(scn, rows, png, notes))
                 all_records += recs
                 all_summary += rows
+                done.append(scn["name"])
+                if len(done) < len(scns):
+                    write_outputs(final=False)
     finally:
         if runner is not None:
             runner.close()
-    wall = time.perf_counter() - t0
-    paths = {"episodes_csv": out_dir / "episodes.csv", "summary_csv": out_dir / "summary.csv",
-             "markdown": out_dir / "report.md", "meta": out_dir / "meta.json", **{f"png:{k}": v for k, v in files.items()}}
-    write_csv(paths["episodes_csv"], all_records, BENCH_RECORD_FIELDS)
-    sum_fields = (["scenario", "env", "point", "x", "policy"] + SCORE_FIELDS
-                  + [f"{m}{suf}" for m in SUMMARY_METRICS for suf in ("", "_ci95", "_n")])
-    write_csv(paths["summary_csv"], all_summary, sum_fields)
-    md.append(f"Wall time {wall:.1f} s.")
-    atomic_write_text(paths["markdown"], "\n".join(md) + "\n")
-    n, fails = siftmoe_dominance(all_records)
-    n_r, fails_r = return_dominance(all_records)
-    fails = fails + fails_r
-    meta = {"scenarios": str(scenarios), "episodes": episodes, "agents": agents or {}, "wall_seconds": wall,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpu_count": os.cpu_count(),
-            "dominance_checks": n, "return_dominance_checks": n_r, "dominance_failures": fails,
-            "ray": bool(ray or ray_address), "ray_address": ray_address, "ray_tasks": ray_tasks}
-    atomic_write_json(paths["meta"], meta)
-    return {"records": all_records, "summary": all_summary, "paths": paths, "wall_seconds": wall,
-            "dominance": (n + n_r, fails)}
+    res = write_outputs(final=True)
+    paths.update({f"png:{k}": v for k, v in files.items()})
+    return {"records": all_records, "summary": all_summary, "paths": paths, "wall_seconds": res["wall"],
+            "dominance": res["dominance"]}
+
+
+def load_agents(agents: dict[str, str] | None) -> list:
+    """The saved agents ``{name: path}``, loaded; :class:`AgentConfigError` naming a missing or unloadable one."""
+    from ..runio import resolve_model_path
+
+    loaded = []
+    for name, path in (agents or {}).items():
+        try:
+            resolve_model_path(path)
+            loaded.append(load_saved_agent(name, path))
+        except (AgentConfigError, ValueError) as exc:
+            raise AgentConfigError(f"--agent {name}={path}: {exc}") from None
+    return loaded
 
 
 def replot(scenarios: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
@@ -168,23 +212,27 @@ def replot(scenarios: str | os.PathLike, out_dir: str | os.PathLike) -> list[Pat
 
 
 def _parse_agents(items: list[str] | None) -> dict[str, str]:
-    out = {}
+    out: dict[str, str] = {}
     for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"--agent expects NAME=PATH, got {it!r}")
-        name, path = it.split("=", 1)
-        if not name or not path:
-            raise SystemExit(f"--agent expects NAME=PATH, got {it!r}")
+        name, sep, path = it.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UsageError(f"--agent expects NAME=PATH, got {it!r}")
+        if name in out:
+            raise UsageError(f"--agent: the name {name!r} is given twice")
         out[name] = path
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    """``python -m agents.compare``: bad input is one line ``python -m agents.compare: error: ...`` and exit
+    status 2, before anything runs; 1 when a dominance check fails."""
+    return run_main(PROG, lambda: _main(argv))
 
-    ap = argparse.ArgumentParser(prog="python -m agents.compare",
-                                 description="Compare policies and saved agents on identical seeded episodes over the "
-                                             "scenarios of a YAML file; write CSV, markdown and PNG plots.")
+
+def _main(argv: list[str] | None) -> int:
+    ap = OneLineParser(prog=PROG,
+                       description="Compare policies and saved agents on identical seeded episodes over the "
+                                   "scenarios of a YAML file; write CSV, markdown and PNG plots.")
     ap.add_argument("--scenarios", required=True, help="scenario YAML (e.g. benchmarks/scenarios/default.yml)")
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--episodes", type=int, default=None, help="episodes (seeds) per point, overriding the file")
@@ -202,29 +250,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     ap.add_argument("--ray-chunk", type=int, default=8, help="seeds per Ray task (default 8)")
     args = ap.parse_args(argv)
+    if not args.out.strip():
+        raise UsageError("--out must not be empty")
+    at_least("--episodes", args.episodes, 1)
+    at_least("--threads", args.threads, 1)
+    at_least("--num-cpus", args.num_cpus, 1)
+    at_least("--ray-chunk", args.ray_chunk, 1)
+    agents = _parse_agents(args.agent)
     if args.replot:
+        if not (Path(args.out) / "summary.csv").is_file():
+            raise UsageError(f"--replot: no {Path(args.out) / 'summary.csv'} to plot from")
         for p in replot(args.scenarios, args.out):
             print(p)
         return 0
-    if args.episodes is not None and args.episodes < 1:
-        ap.error("--episodes must be >= 1")
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
-    except ImportError:  # pragma: no cover
-        pass
-    if args.ray_chunk < 1:
-        ap.error("--ray-chunk must be >= 1")
     if args.ray or args.ray_address:
         from ..ray_utils import ray_missing_reason
 
         reason = ray_missing_reason()
         if reason:
-            ap.error(f"--ray: {reason}")
-    res = run_benchmark(args.scenarios, args.out, episodes=args.episodes, agents=_parse_agents(args.agent),
+            raise UsageError(f"--ray: {reason}")
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:  # pragma: no cover
+        pass
+    res = run_benchmark(args.scenarios, args.out, episodes=args.episodes, agents=agents,
                         progress=not args.no_progress, only=args.only, ray=args.ray, ray_address=args.ray_address,
-                        ray_num_cpus=args.num_cpus, ray_chunk=args.ray_chunk, threads=max(1, args.threads))
+                        ray_num_cpus=args.num_cpus, ray_chunk=args.ray_chunk, threads=args.threads)
     n, fails = res["dominance"]
     print(f"wrote {args.out}: {len(res['records'])} episode records, {len(res['summary'])} summary rows, "
           f"{sum(1 for k in res['paths'] if k.startswith('png:'))} plots in {res['wall_seconds']:.1f} s; "
