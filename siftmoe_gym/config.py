@@ -29,25 +29,90 @@ def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"invalid config value {name}={value!r}: must be {allowed}")
 
 
-def _check_finite(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(name, value, "a number")
-    if not math.isfinite(float(value)):
-        _fail(name, value, "a finite number")
+def _num(x: float) -> str:
+    return f"{x:g}"
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(name, value, "an integer")
-    if value < low or (high is not None and value > high):
-        rng = f">= {low}" if high is None else f"in [{low}, {high}]"
-        _fail(name, value, f"an integer {rng}")
+@dataclass(frozen=True)
+class Range:
+    """The accepted values of one numeric configuration field (one row of :data:`SYSTEM_RANGES`)."""
+
+    kind: str  # "int" or "float"
+    low: float
+    high: float
+    unit: str = ""
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self, high: float | None = None) -> str:
+        hi = self.high if high is None else high
+        what = "an integer" if self.kind == "int" else "a finite number"
+        fmt = (lambda x: str(int(x))) if self.kind == "int" else _num
+        interval = f"{'(' if self.low_open else '['}{fmt(self.low)}, {fmt(hi)}{')' if self.high_open else ']'}"
+        return f"{what} in {interval}" + (f" {self.unit}" if self.unit else "")
+
+    def check(self, name: str, value: Any, high: float | None = None) -> None:
+        """Raise ``ValueError`` naming ``name`` unless ``value`` is of the kind and inside the range."""
+        hi = self.high if high is None else high
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                _fail(name, value, self.describe(hi))
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                _fail(name, value, self.describe(hi))
+        low_bad = value <= self.low if self.low_open else value < self.low
+        high_bad = value >= hi if self.high_open else value > hi
+        if low_bad or high_bad:
+            _fail(name, value, self.describe(hi))
 
 
-def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
-    _check_finite(name, value)
-    if value < 0 or (value == 0 and not allow_zero):
-        _fail(name, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
+SYSTEM_RANGES: dict[str, Range] = {
+    "num_experts": Range("int", 2, 1024),
+    "top_k": Range("int", 1, 64),  # and <= num_experts
+    "num_layers": Range("int", 1, 256),
+    "num_nodes": Range("int", 1, 16),
+    "hidden_size": Range("int", 1, 65536),
+    "bits_per_element": Range("int", 1, 64),
+    "bandwidth_hz": Range("float", 1e3, 1e10, "Hz"),
+    "noise_psd_dbm_hz": Range("float", -220.0, -100.0, "dBm/Hz"),
+    "p_max_dbm": Range("float", -100.0, 60.0, "dBm"),
+    "distance_range_m": Range("float", 1.0, 1e5, "m"),  # each end
+    "distances_m": Range("float", 1.0, 1e5, "m"),  # each distance
+    "tau_s": Range("float", 1e-6, 10.0, "s"),
+    "compute_energy_j": Range("float", 0.0, 1e3, "J"),
+    "eps_rel": Range("float", 0.0, 100.0),
+    "eps_abs": Range("float", 0.0, 1e6),
+    "quantile": Range("float", 0.0, 1.0, low_open=True),
+    "local_capacity": Range("int", 0, 1024),  # and <= num_experts
+    "node_capacity": Range("int", 1, 1024),  # and <= num_experts
+    "rician_k": Range("float", 0.0, 1e4),
+    "rho": Range("float", 0.0, 1.0, high_open=True),
+    "prefill_tokens": Range("int", 1, 4096),
+    "tau_prefill_s": Range("float", 1e-6, 100.0, "s"),
+    "eps_max_factor": Range("float", 1.0, 1e3),
+    "drift_v": Range("float", 1e-6, 1e6),
+    "model_seed": Range("int", 0, 2**63 - 1),
+}
+"""Accepted values of every numeric :class:`SystemConfig` field (units: Hz, dBm, dBm/Hz, m, s, J).
+
+Chosen so that every quantity the simulator derives from them stays finite
+(energies are capped at ``siftmoe_gym.energy.MAX_VALUE``, rewards and
+observations stay finite over the whole box): dBm within [-100, 60], noise
+PSD within [-220, -100] dBm/Hz (thermal noise at 290 K is -174), distances
+within [1, 1e5] m, latency budgets from 1 us, energies within [0, 1e3] J.
+``docs/model.md`` section 5 lists them beside the defaults."""
+
+MODEL_RANGES: dict[str, Range] = {
+    "model_dim": Range("int", 2, 4096),
+    "expert_hidden": Range("int", 1, 4096),
+    "num_clusters": Range("int", 1, 1024),
+    "cluster_spread": Range("float", 0.0, 100.0),
+    "router_temperature": Range("float", 1e-3, 1e3),
+    "popularity_skew": Range("float", 0.0, 100.0),
+    "topic_count": Range("int", 1, 4096),
+    "calibration_tokens": Range("int", 8, 65536),
+}
+"""Accepted values of every :class:`SyntheticModelConfig` field (named ``model.<field>`` in messages)."""
 
 
 @dataclass
@@ -58,26 +123,24 @@ class SyntheticModelConfig:
     the dissimilarity ratio does not depend on the hidden-state scale), drawn
     in ``num_clusters`` clusters: each expert is its cluster's centre plus a
     relative perturbation of size ``cluster_spread``, so similar experts exist.
+
+    Accepted ranges (``MODEL_RANGES``) are beside the fields; messages name a
+    field ``model.<field>``.
     """
 
-    model_dim: int = 32
-    expert_hidden: int = 32
-    num_clusters: int = 3
-    cluster_spread: float = 0.2
-    router_temperature: float = 0.7
-    popularity_skew: float = 0.5
-    topic_count: int = 6
-    calibration_tokens: int = 512
+    model_dim: int = 32  # [2, 4096]
+    expert_hidden: int = 32  # [1, 4096]
+    num_clusters: int = 3  # [1, 1024]
+    cluster_spread: float = 0.2  # [0, 100], relative perturbation of an expert around its cluster centre
+    router_temperature: float = 0.7  # [1e-3, 1e3]
+    popularity_skew: float = 0.5  # [0, 100], std of the router's per-expert bias
+    topic_count: int = 6  # [1, 4096]
+    calibration_tokens: int = 512  # [8, 65536]
 
     def validate(self) -> None:
-        _check_int("model.model_dim", self.model_dim, 2)
-        _check_int("model.expert_hidden", self.expert_hidden, 1)
-        _check_int("model.num_clusters", self.num_clusters, 1)
-        _check_positive("model.cluster_spread", self.cluster_spread, allow_zero=True)
-        _check_positive("model.router_temperature", self.router_temperature)
-        _check_positive("model.popularity_skew", self.popularity_skew, allow_zero=True)
-        _check_int("model.topic_count", self.topic_count, 1)
-        _check_int("model.calibration_tokens", self.calibration_tokens, 8)
+        """Raise ``ValueError`` naming the first field outside its range (:data:`MODEL_RANGES`)."""
+        for name, rng in MODEL_RANGES.items():
+            rng.check(f"model.{name}", getattr(self, name))
 
 
 @dataclass
@@ -88,36 +151,42 @@ class SystemConfig:
     per-layer error budget) overrides the relative ``eps_rel`` when given.
     ``node_capacity`` is per edge node and layer; ``None`` means just enough
     to hold the experts node 0 does not, spread evenly.
+
+    Every numeric field has an accepted range (:data:`SYSTEM_RANGES`, written
+    beside each field below and in ``docs/model.md`` section 5); inside it every
+    energy, reward and observation the simulator derives stays finite.
+    Values outside it, of the wrong type, NaN or infinite raise ``ValueError``
+    naming the field, the value and the range.
     """
 
-    num_experts: int = 8
-    top_k: int = 2
-    num_layers: int = 4
-    num_nodes: int = 4
-    hidden_size: int = 4096
-    bits_per_element: int = 16
-    bandwidth_hz: float = 10e6
-    noise_psd_dbm_hz: float = -174.0
-    p_max_dbm: float = 23.0
-    distance_range_m: tuple[float, float] = (50.0, 300.0)
-    distances_m: tuple[float, ...] | None = None
-    tau_s: float = 2e-3
-    compute_energy_j: float = 1e-6
-    eps_rel: float = 0.25
-    eps_abs: float | None = None
-    quantile: float = 0.99
-    placement: str = "round_robin"
-    local_capacity: int = 1
-    node_capacity: int | None = None
-    fading: str = "rayleigh"
-    rician_k: float = 3.0
-    rho: float = 0.0
+    num_experts: int = 8  # N, [2, 1024]
+    top_k: int = 2  # k, [1, min(N, 64)]
+    num_layers: int = 4  # L, [1, 256]
+    num_nodes: int = 4  # M edge nodes, [1, 16]
+    hidden_size: int = 4096  # d, [1, 65536]
+    bits_per_element: int = 16  # b, [1, 64]
+    bandwidth_hz: float = 10e6  # B, [1e3, 1e10] Hz
+    noise_psd_dbm_hz: float = -174.0  # N0, [-220, -100] dBm/Hz
+    p_max_dbm: float = 23.0  # P_max, [-100, 60] dBm
+    distance_range_m: tuple[float, float] = (50.0, 300.0)  # each end in [1, 1e5] m, min <= max
+    distances_m: tuple[float, ...] | None = None  # None or M distances, each in [1, 1e5] m
+    tau_s: float = 2e-3  # tau, [1e-6, 10] s
+    compute_energy_j: float = 1e-6  # e_c, [0, 1e3] J
+    eps_rel: float = 0.25  # [0, 100]
+    eps_abs: float | None = None  # None or [0, 1e6]
+    quantile: float = 0.99  # q, (0, 1]
+    placement: str = "round_robin"  # one of PLACEMENTS
+    local_capacity: int = 1  # cap_0, [0, N]
+    node_capacity: int | None = None  # None or [1, N]
+    fading: str = "rayleigh"  # one of FADINGS
+    rician_k: float = 3.0  # K (linear), [0, 1e4]
+    rho: float = 0.0  # [0, 1)
     renormalize_gates: bool = True
-    prefill_tokens: int = 16
-    tau_prefill_s: float = 20e-3
-    eps_max_factor: float = 3.0
-    drift_v: float = 10.0
-    model_seed: int = 0
+    prefill_tokens: int = 16  # T, [1, 4096]
+    tau_prefill_s: float = 20e-3  # tau_p, [1e-6, 100] s
+    eps_max_factor: float = 3.0  # eps_max / eps_bar, [1, 1e3]
+    drift_v: float = 10.0  # V, [1e-6, 1e6]
+    model_seed: int = 0  # [0, 2^63 - 1]
     model: SyntheticModelConfig = field(default_factory=SyntheticModelConfig)
 
     # ------------------------------------------------------------------ derived
@@ -136,41 +205,39 @@ class SystemConfig:
 
     # --------------------------------------------------------------- validation
     def validate(self) -> "SystemConfig":
-        """Raise ``ValueError`` on the first invalid field; return ``self``."""
-        _check_int("num_experts", self.num_experts, 2)
-        _check_int("top_k", self.top_k, 1, self.num_experts)
-        _check_int("num_layers", self.num_layers, 1)
-        _check_int("num_nodes", self.num_nodes, 1, 16)
-        _check_int("hidden_size", self.hidden_size, 1)
-        _check_int("bits_per_element", self.bits_per_element, 1, 64)
-        _check_positive("bandwidth_hz", self.bandwidth_hz)
-        _check_finite("noise_psd_dbm_hz", self.noise_psd_dbm_hz)
-        _check_finite("p_max_dbm", self.p_max_dbm)
+        """Raise ``ValueError`` on the first invalid field (named in the message); return ``self``.
+
+        Numeric fields must lie in their :data:`SYSTEM_RANGES` row (``top_k``,
+        ``local_capacity`` and ``node_capacity`` also at most ``num_experts``).
+        """
+        r = SYSTEM_RANGES
+        r["num_experts"].check("num_experts", self.num_experts)
+        r["top_k"].check("top_k", self.top_k, high=min(r["top_k"].high, self.num_experts))
+        for name in ("num_layers", "num_nodes", "hidden_size", "bits_per_element", "bandwidth_hz", "noise_psd_dbm_hz",
+                     "p_max_dbm"):
+            r[name].check(name, getattr(self, name))
         rng = self.distance_range_m
         if not isinstance(rng, (tuple, list)) or len(rng) != 2:
             _fail("distance_range_m", rng, "a pair (min, max) of distances in metres")
         for v in rng:
-            _check_positive("distance_range_m", v)
+            r["distance_range_m"].check("distance_range_m", v)
         if rng[0] > rng[1]:
             _fail("distance_range_m", rng, "a pair with min <= max")
         if self.distances_m is not None:
             if not isinstance(self.distances_m, (tuple, list)) or len(self.distances_m) != self.num_nodes:
                 _fail("distances_m", self.distances_m, f"None or {self.num_nodes} distances in metres (one per edge node)")
             for v in self.distances_m:
-                _check_positive("distances_m", v)
-        _check_positive("tau_s", self.tau_s)
-        _check_positive("compute_energy_j", self.compute_energy_j, allow_zero=True)
-        _check_positive("eps_rel", self.eps_rel, allow_zero=True)
+                r["distances_m"].check("distances_m", v)
+        for name in ("tau_s", "compute_energy_j", "eps_rel"):
+            r[name].check(name, getattr(self, name))
         if self.eps_abs is not None:
-            _check_positive("eps_abs", self.eps_abs, allow_zero=True)
-        _check_finite("quantile", self.quantile)
-        if not 0.0 < self.quantile <= 1.0:
-            _fail("quantile", self.quantile, "in (0, 1]")
-        if self.placement not in PLACEMENTS:
+            r["eps_abs"].check("eps_abs", self.eps_abs)
+        r["quantile"].check("quantile", self.quantile)
+        if not isinstance(self.placement, str) or self.placement not in PLACEMENTS:
             _fail("placement", self.placement, f"one of {PLACEMENTS}")
-        _check_int("local_capacity", self.local_capacity, 0, self.num_experts)
+        r["local_capacity"].check("local_capacity", self.local_capacity, high=self.num_experts)
         if self.node_capacity is not None:
-            _check_int("node_capacity", self.node_capacity, 1, self.num_experts)
+            r["node_capacity"].check("node_capacity", self.node_capacity, high=self.num_experts)
         if self.local_capacity + self.num_nodes * self.edge_capacity < self.num_experts:
             _fail(
                 "node_capacity",
@@ -178,21 +245,14 @@ class SystemConfig:
                 f"large enough that local_capacity + num_nodes * node_capacity >= num_experts "
                 f"({self.local_capacity} + {self.num_nodes} * {self.edge_capacity} < {self.num_experts})",
             )
-        if self.fading not in FADINGS:
+        if not isinstance(self.fading, str) or self.fading not in FADINGS:
             _fail("fading", self.fading, f"one of {FADINGS}")
-        _check_positive("rician_k", self.rician_k, allow_zero=True)
-        _check_finite("rho", self.rho)
-        if not 0.0 <= self.rho < 1.0:
-            _fail("rho", self.rho, "in [0, 1)")
+        r["rician_k"].check("rician_k", self.rician_k)
+        r["rho"].check("rho", self.rho)
         if not isinstance(self.renormalize_gates, bool):
             _fail("renormalize_gates", self.renormalize_gates, "a bool")
-        _check_int("prefill_tokens", self.prefill_tokens, 1, 4096)
-        _check_positive("tau_prefill_s", self.tau_prefill_s)
-        _check_finite("eps_max_factor", self.eps_max_factor)
-        if self.eps_max_factor < 1.0:
-            _fail("eps_max_factor", self.eps_max_factor, ">= 1 (the per-token cap is at least the average budget)")
-        _check_positive("drift_v", self.drift_v)
-        _check_int("model_seed", self.model_seed, 0)
+        for name in ("prefill_tokens", "tau_prefill_s", "eps_max_factor", "drift_v", "model_seed"):
+            r[name].check(name, getattr(self, name))
         if not isinstance(self.model, SyntheticModelConfig):
             _fail("model", self.model, "a SyntheticModelConfig or dict")
         self.model.validate()
@@ -288,7 +348,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str) -> SystemConfig:
     """The validated preset ``name`` (see :data:`PRESETS`)."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return SystemConfig.from_dict(PRESETS[name])
 

@@ -46,7 +46,7 @@ from ..serving import pick_row, solve_decode
 from ..serving_table import ServingTable
 from ..system import WideSystem
 from .actions import ACTION_MODES, make_action_codec
-from .config import SHAPE_KEYS, check_number, split_config
+from .config import SHAPE_KEYS, check_env_value, split_config
 from .episodes import EpisodeCache
 from .metrics import EPISODE_METRICS, add_episode_metrics
 from .observations import (
@@ -127,20 +127,16 @@ class SiftMoEEnv(gym.Env):
         self._last: dict[str, Any] | None = None
 
     def _validate_env_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The environment keys checked (:data:`~siftmoe_gym.envs.config.ENV_RANGES`): ``ValueError`` naming the key."""
         cfg = dict(cfg)
-        cfg["penalty"] = check_number("penalty", cfg["penalty"])
-        cfg["penalty_latency"] = check_number("penalty_latency", cfg["penalty_latency"])
+        cfg["penalty"] = check_env_value("penalty", cfg["penalty"])
+        cfg["penalty_latency"] = check_env_value("penalty_latency", cfg["penalty_latency"])
         if cfg["reward_floor_j"] is not None:
-            cfg["reward_floor_j"] = check_number("reward_floor_j", cfg["reward_floor_j"])
-            if cfg["reward_floor_j"] <= 0:
-                raise ValueError(f"invalid reward_floor_j={cfg['reward_floor_j']!r}: must be > 0 or None")
+            cfg["reward_floor_j"] = check_env_value("reward_floor_j", cfg["reward_floor_j"])
         if not isinstance(cfg["solo_error_features"], (bool, np.bool_)):
             raise ValueError(f"invalid solo_error_features={cfg['solo_error_features']!r}: must be a bool")
         if "episode_tokens" in cfg:
-            v = cfg["episode_tokens"]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 100_000:
-                raise ValueError(f"invalid episode_tokens={v!r}: must be an integer in [1, 100000]")
-            cfg["episode_tokens"] = int(v)
+            cfg["episode_tokens"] = check_env_value("episode_tokens", cfg["episode_tokens"])
         return cfg
 
     def _reconfigure(self, spec: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..config import SystemConfig
+from ..config import Range, SystemConfig
 
 SYSTEM_KEYS = frozenset(f.name for f in dataclasses.fields(SystemConfig)) | {"preset"}
 """Keys of a config dict that go to the system configuration."""
@@ -50,8 +50,40 @@ def split_config(spec: Any, env_defaults: Mapping[str, Any]) -> tuple[SystemConf
     raise ValueError(f"config must be a preset name, a mapping or a SystemConfig, got {type(spec).__name__}")
 
 
-def check_number(name: str, value: Any, low: float = 0.0) -> float:
-    """``value`` as a float if it is a finite real number (not a bool) ``>= low``; else ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(float(value)) or value < low:
-        raise ValueError(f"invalid {name}={value!r}: must be a finite number >= {low}")
+ENV_RANGES: dict[str, Range] = {
+    "penalty": Range("float", 0.0, 1e6),
+    "penalty_latency": Range("float", 0.0, 1e6),
+    "reward_floor_j": Range("float", 1e-12, 1e3, "J"),
+    "episode_tokens": Range("int", 1, 100_000),
+    "queue_clip": Range("float", 1e-6, 1e6),
+}
+"""Accepted values of the environments' numeric config keys (``reward_floor_j`` may also be None).
+
+Inside these ranges (and :data:`siftmoe_gym.config.SYSTEM_RANGES`) every
+reward and observation stays finite; the class docstrings and
+``docs/envs.md`` list them."""
+
+
+def check_number(name: str, value: Any, low: float = 0.0, high: float = math.inf) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) in ``[low, high]``; else ``ValueError``
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or not low <= value <= high:
+        bound = f">= {low}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ValueError(f"invalid {name}={value!r}: must be a finite number {bound}")
     return float(value)
+
+
+def check_env_value(name: str, value: Any) -> float | int:
+    """``value`` of the environment key ``name`` checked against its :data:`ENV_RANGES` row (numpy scalars
+    accepted): an int for integer keys, a float otherwise; ``ValueError`` naming ``name``, the value and the
+    range."""
+    rng = ENV_RANGES[name]
+    kinds = (int, np.integer) if rng.kind == "int" else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, kinds) or not math.isfinite(float(value)):
+        raise ValueError(f"invalid {name}={value!r}: must be {rng.describe()}")
+    v = float(value)
+    if (v <= rng.low if rng.low_open else v < rng.low) or (v >= rng.high if rng.high_open else v > rng.high):
+        raise ValueError(f"invalid {name}={value!r}: must be {rng.describe()}")
+    return int(value) if rng.kind == "int" else v
+

@@ -184,8 +184,13 @@ class DecodeEnv(SiftMoEEnv):
       system keys (optionally ``preset``) and environment keys from
       :meth:`default_config` (``episode_tokens``, ``penalty``,
       ``penalty_latency``, ``reward_floor_j``, ``solo_error_features``).
-      Unknown keys raise ``ValueError``.  ``reset(options={"config": {...}})``
-      changes it between episodes (keys that change the spaces excepted).
+      Unknown keys raise ``ValueError`` listing the accepted ones; every value
+      must lie in its range (``ValueError`` naming the key, the value and the
+      range): ``episode_tokens`` an integer in [1, 100000], ``penalty`` and
+      ``penalty_latency`` in [0, 1e6], ``reward_floor_j`` None or in
+      [1e-12, 1e3] J; the system keys' ranges are in ``docs/model.md``
+      section 5.  ``reset(options={"config": {...}})`` changes it between
+      episodes (keys that change the spaces excepted).
     - ``trace``: path to a trace file recorded from a real model; the
       synthetic workload is used when absent.
     - ``penalty``, ``penalty_latency``, ``episode_tokens``: override the

@@ -9,7 +9,7 @@ import numpy as np
 from ..bounds import within_budget
 from ..energy import TOPK_FLOOR_J
 from .base import SiftMoEEnv
-from .config import check_number
+from .config import check_env_value
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
 from .episodes import draw_fastfading_episodes, episode_row
 from .rewards import average_penalty, reward_terms
@@ -110,8 +110,8 @@ class FastFadingEnv(SiftMoEEnv):
 
     ## Arguments
 
-    As Decode-v0; environment keys additionally ``queue_clip`` (default 20)
-    and ``serving_rule`` (``"drift"`` or ``"energy"``).
+    As Decode-v0; environment keys additionally ``queue_clip`` (default 20,
+    in [1e-6, 1e6]) and ``serving_rule`` (``"drift"`` or ``"energy"``).
 
     ## Version History
 
@@ -137,10 +137,8 @@ class FastFadingEnv(SiftMoEEnv):
 
     def _validate_env_config(self, cfg):
         cfg = super()._validate_env_config(cfg)
-        cfg["queue_clip"] = check_number("queue_clip", cfg["queue_clip"])
-        if cfg["queue_clip"] <= 0:
-            raise ValueError(f"invalid queue_clip={cfg['queue_clip']!r}: must be > 0")
-        if cfg["serving_rule"] not in SERVING_RULES:
+        cfg["queue_clip"] = check_env_value("queue_clip", cfg["queue_clip"])
+        if not isinstance(cfg["serving_rule"], str) or cfg["serving_rule"] not in SERVING_RULES:
             raise ValueError(f"invalid serving_rule={cfg['serving_rule']!r}: must be one of {SERVING_RULES}")
         return cfg
 

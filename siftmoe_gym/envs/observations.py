@@ -107,12 +107,13 @@ def one_token_threshold_gain(config: SystemConfig, tau_s: float) -> float:
     x = config.bits_per_token * LN2 / (config.bandwidth_hz * 0.5 * tau_s)
     with np.errstate(over="ignore"):
         val = noise * math.expm1(min(x, 700.0)) / float(dbm_to_watt(config.p_max_dbm))
-    return max(val, 1e-300)
+    return min(max(val, 1e-300), 1e300)  # finite whatever the radio constants (the margin is clipped anyway)
 
 
 def link_margin_db(gains: np.ndarray, g_th: float) -> np.ndarray:
-    """``10 log10(G_m / G_th)``: the links' margin (dB) over the threshold gain (the ``link_margin`` block, unscaled)."""
-    return 10.0 * np.log10(np.maximum(gains, 1e-300) / g_th)
+    """``10 log10(G_m / G_th)``: the links' margin (dB) over the threshold gain (the ``link_margin`` block, unscaled;
+    the ratio is floored at 1e-300, -3000 dB, so that it stays finite)."""
+    return 10.0 * np.log10(np.maximum(np.maximum(gains, 1e-300) / g_th, 1e-300))
 
 
 class FeatureTables:
