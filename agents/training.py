@@ -155,6 +155,8 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
     for name, v in (("--seed", seed), ("--eval-seed", eval_seed_base)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise AgentConfigError(f"{name} must be an integer >= 0, got {v!r}")
+    if logdir.exists() and not logdir.is_dir():
+        raise AgentConfigError(f"--logdir {logdir} is not a folder")
     base = run_name or f"{slug(env_id)}_{algo}_seed{seed}"
     notes: list[str] = []
     checkpoints: list[dict[str, Any]] = []

@@ -89,6 +89,14 @@ def test_train_cli_refuses_bad_values_without_a_run_folder(tmp_path, capsys, arg
     assert list(tmp_path.iterdir()) == []
 
 
+def test_logdir_must_be_a_folder(tmp_path, capsys):
+    from agents.cli import main
+
+    logdir = tmp_path / "runs"
+    logdir.write_text("a file")
+    _one_line_error(capsys, main(["--steps", "64", "--logdir", str(logdir)]), "train.py", "is not a folder")
+
+
 def test_train_cli_process_prints_one_line(tmp_path):
     """The same through the real process: no traceback, nothing under --logdir."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

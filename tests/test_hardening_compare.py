@@ -166,3 +166,13 @@ def test_interrupted_run_keeps_finished_scenarios(tmp_path, monkeypatch):
     res = benchmark.run_benchmark(scn, tmp_path / "full", progress=False)
     assert json.loads((tmp_path / "full" / "meta.json").read_text())["complete"] is True
     assert [r for r in res["records"] if r["scenario"] == "first"][0]["energy_j"] == pytest.approx(float(rows[0]["energy_j"]))
+
+
+def test_out_must_be_a_folder(tmp_path, capsys):
+    from agents import compare
+
+    out = tmp_path / "out"
+    out.write_text("a file")
+    rc = compare.main(["--scenarios", str(_write(tmp_path, "")), "--out", str(out), "--no-progress"])
+    _one_line(capsys, rc, "--out must name a folder")
+    assert out.read_text() == "a file"

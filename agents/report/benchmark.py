@@ -250,8 +250,8 @@ def _main(argv: list[str] | None) -> int:
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     ap.add_argument("--ray-chunk", type=int, default=8, help="seeds per Ray task (default 8)")
     args = ap.parse_args(argv)
-    if not args.out.strip():
-        raise UsageError("--out must not be empty")
+    if not args.out.strip() or (Path(args.out).exists() and not Path(args.out).is_dir()):
+        raise UsageError(f"--out must name a folder, got {args.out!r}")
     at_least("--episodes", args.episodes, 1)
     at_least("--threads", args.threads, 1)
     at_least("--num-cpus", args.num_cpus, 1)

@@ -28,6 +28,11 @@ gives explicit plot positions.  Every figure shows the mean over episodes and a 
 interval (Student t over the per-episode values).  Baselines act through ``action_mode="slots"``
 (their exact assignments); saved agents act in their own action/observation modes on the same
 episodes (same config and seeds); an agent whose spaces do not fit a point is skipped with a note.
+
+:func:`load_scenario_file` checks the whole file before anything runs (:func:`check_scenarios`): unknown keys
+are refused with the accepted ones (:data:`TOP_KEYS`, :data:`SWEEP_SCENARIO_KEYS`, :data:`HF_SCENARIO_KEYS`,
+:data:`SWEEP_KEYS`), and so are unknown env ids, policies that are not registered or do not apply to the env's
+setting, a sweep ``param`` that is not a config key of the env, values the env refuses, and counts below 1.
 """
 
 from __future__ import annotations
