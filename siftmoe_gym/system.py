@@ -11,43 +11,98 @@ into :class:`~siftmoe_gym.instances.DecodeInstance` /
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import channels
 from .bounds import extended_delta
-from .config import SystemConfig, make_config
+from .config import PRESETS, SystemConfig, make_config
 from .energy import LinkParams, load_cost_tables, node_cost_vectors
 from .instances import DecodeInstance, PrefillInstance
 from .placement import make_placement
-from .tracefile import Trace, load_trace
+from .tracefile import Trace, TraceError, load_trace
 from .workload import SyntheticWorkload, TokenBatch, TraceWorkload
 
 
-def config_for_trace(config: SystemConfig, trace: Trace) -> SystemConfig:
-    """``config`` with the model shape (N, k, L, d, gate normalization) taken from ``trace``."""
-    changes = {
-        "num_experts": trace.num_experts,
-        "top_k": trace.top_k,
-        "num_layers": trace.num_layers,
-        "hidden_size": trace.hidden_size,
-        "renormalize_gates": trace.renormalize_gates,
-    }
+TRACE_KEYS = ("num_experts", "top_k", "num_layers", "hidden_size", "renormalize_gates", "quantile")
+"""Configuration fields a trace fixes (its metadata): an explicit config value must equal the trace's."""
+
+
+def explicit_keys(config: SystemConfig | Mapping[str, Any] | str | None) -> set[str]:
+    """The :class:`SystemConfig` fields ``config`` sets explicitly: the keys of a mapping (with those of its
+    ``preset``), a preset's own keys, or the fields of a :class:`SystemConfig` that differ from the defaults."""
+    if config is None:
+        return set()
+    if isinstance(config, str):
+        return set(PRESETS.get(config, {}))
+    if isinstance(config, Mapping):
+        keys = {k for k in config if k != "preset"}
+        name = config.get("preset")
+        if isinstance(name, str):
+            keys |= set(PRESETS.get(name, {}))
+        return keys
+    if isinstance(config, SystemConfig):
+        default = SystemConfig()
+        return {f.name for f in dataclasses.fields(SystemConfig) if getattr(config, f.name) != getattr(default, f.name)}
+    return set()
+
+
+def config_for_trace(config: SystemConfig, trace: Trace, explicit: Iterable[str] = ()) -> SystemConfig:
+    """``config`` with the model shape (N, k, L, d, gate normalization, quantile) taken from ``trace``.
+
+    A field in ``explicit`` (given by the caller) whose value differs from the
+    trace's raises ``ValueError`` naming both values; equal values are fine.
+    ``node_capacity`` too small for the trace's experts is reset to ``None``
+    (even spread) unless it was given explicitly (then ``ValueError``).
+    """
+    explicit = set(explicit)
+    changes = {key: getattr(trace, key) for key in TRACE_KEYS}
+    conflicts = [f"{key}={getattr(config, key)!r} (trace: {key}={changes[key]!r})" for key in TRACE_KEYS
+                 if key in explicit and getattr(config, key) != changes[key]]
+    if conflicts:
+        where = f"trace {trace.model!r}" if trace.model else "the trace"
+        raise ValueError(
+            f"config conflicts with {where}: {', '.join(conflicts)}; the trace fixes these keys: drop them from the "
+            f"config or give the trace's values"
+        )
     if config.node_capacity is not None and config.local_capacity + config.num_nodes * config.node_capacity < trace.num_experts:
+        if "node_capacity" in explicit:
+            raise ValueError(
+                f"config node_capacity={config.node_capacity!r} cannot hold the trace's num_experts={trace.num_experts} "
+                f"(local_capacity + num_nodes * node_capacity = {config.local_capacity} + {config.num_nodes} * "
+                f"{config.node_capacity}); drop node_capacity or raise it"
+            )
         changes["node_capacity"] = None
     return config.replace(**changes)
 
 
 class WideSystem:
-    """Everything constant for one environment instance."""
+    """Everything constant for one environment instance.
 
-    def __init__(self, config: SystemConfig | dict | str | None = None, trace: Trace | str | Path | None = None):
+    ``trace`` (a path or a :class:`~siftmoe_gym.tracefile.Trace`, checked by
+    :meth:`~siftmoe_gym.tracefile.Trace.validate`) replaces the synthetic
+    workload and fixes the model's shape (:data:`TRACE_KEYS`); a field set
+    explicitly in ``config`` (``explicit`` names them; by default
+    :func:`explicit_keys` of ``config``) must agree with it.
+    """
+
+    def __init__(self, config: SystemConfig | dict | str | None = None, trace: Trace | str | Path | None = None,
+                 explicit: Iterable[str] | None = None):
+        if explicit is None:
+            explicit = explicit_keys(config)
         config = make_config(config)
         if trace is not None and not isinstance(trace, Trace):
+            if not isinstance(trace, (str, os.PathLike)):
+                raise TraceError(f"trace must be a path (str or os.PathLike) or a Trace, got {type(trace).__name__}")
             trace = load_trace(trace)
+        elif trace is not None:
+            trace.validate()
         if trace is not None:
-            config = config_for_trace(config, trace)
+            config = config_for_trace(config, trace, explicit)
             self.workload: SyntheticWorkload | TraceWorkload = TraceWorkload(config, trace)
         else:
             self.workload = SyntheticWorkload(config)

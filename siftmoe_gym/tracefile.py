@@ -14,10 +14,32 @@ array              shape        meaning
 
 and JSON metadata (safetensors' metadata dict, or an ``__meta__`` byte array
 in npz): ``format = "siftmoe-trace"``, ``version``, ``num_experts``,
-``top_k``, ``num_layers``, ``hidden_size``, ``renormalize_gates``,
-``quantile`` and free-form ``model``/``source`` strings.  :func:`load_trace`
-checks every shape, dtype and the version, and raises :class:`TraceError`
-(a ``ValueError``) naming what is wrong for truncated or mismatched files.
+``top_k``, ``num_layers``, ``hidden_size``, ``renormalize_gates`` (a JSON
+bool), ``quantile`` and free-form ``model``/``source`` strings; extraction
+(:mod:`siftmoe_gym.traces`) adds ``gate_mode`` (``"renormalized"``,
+``"plain"`` or ``"explicit"``) and ``router_score`` (``"softmax"`` or
+``"sigmoid"``).
+
+What the arrays promise, and :meth:`Trace.validate` checks (a
+:class:`TraceError` naming the array or key and the first bad row ``(t, l)``):
+
+- every value finite;
+- ``router_probs`` in [0, 1]: softmax or sigmoid scores.  With ``gate_mode =
+  "explicit"`` the top-k positions hold the model's own gates instead, which
+  may exceed 1 (DeepSeek's ``routed_scaling_factor``), up to
+  :data:`MAX_GATE`; the environments clip the observation to [0, 1];
+- each row of ``router_probs`` sums to 1 (within :data:`SUM_TOL`) when the
+  scores are a softmax (``router_score`` ``"softmax"``, the default) and the
+  gates are not explicit;
+- ``topk`` rows: distinct indices in [0, N), in descending score order
+  (``router_probs`` at the slots non-increasing, up to :data:`ORDER_TOL`);
+- ``hidden_norms`` >= 0;
+- ``delta`` >= 0, symmetric with a zero diagonal, ``sigma`` > 0, both at most
+  :data:`MAX_RATIO` (ratios of norms; keeps every error bound finite).
+
+:func:`load_trace` also checks every shape, dtype, the version and the
+metadata types, and raises :class:`TraceError` (a ``ValueError``) naming what
+is wrong for truncated or mismatched files.
 """
 
 from __future__ import annotations
@@ -33,6 +55,17 @@ FORMAT = "siftmoe-trace"
 VERSION = 1
 ARRAYS = ("router_probs", "topk", "hidden_norms", "delta", "sigma")
 META_INT = ("num_experts", "top_k", "num_layers", "hidden_size")
+GATE_MODES = ("renormalized", "plain", "explicit")
+ROUTER_SCORES = ("softmax", "sigmoid")
+SUM_TOL = 1e-3
+"""Tolerance of the sum-to-one test of softmax ``router_probs`` rows (float32 storage)."""
+ORDER_TOL = 1e-4
+"""Tolerance of the descending-order test of the top-k slots (extraction sorts by the model's own gates, which
+match the stored scores to 1e-5 relative)."""
+MAX_GATE = 1e3
+"""Largest explicit gate accepted at a top-k position (``gate_mode = "explicit"``)."""
+MAX_RATIO = 1e6
+"""Largest ``delta`` / ``sigma`` accepted (relative output deviations)."""
 
 
 class TraceError(ValueError):
@@ -92,22 +125,71 @@ class Trace:
             if arr.dtype.kind not in (kind, "u" if kind == "i" else kind):
                 raise TraceError(f"trace array {name!r} has dtype {arr.dtype}, expected {'integer' if kind == 'i' else 'floating'}")
             if kind == "f" and not np.all(np.isfinite(arr)):
-                raise TraceError(f"trace array {name!r} holds NaN or inf")
+                raise TraceError(f"trace array {name!r} holds NaN or inf{_first(~np.isfinite(arr), name)}")
         if t < 1:
             raise TraceError("trace holds no tokens")
         if k > n:
             raise TraceError(f"top_k={k} exceeds num_experts={n}")
-        if self.topk.min() < 0 or self.topk.max() >= n:
-            raise TraceError(f"topk indices must be in [0, {n - 1}]")
-        if np.any(self.router_probs < 0):
-            raise TraceError("router_probs must be non-negative")
+        if not isinstance(self.renormalize_gates, (bool, np.bool_)):
+            raise TraceError(f"trace metadata renormalize_gates={self.renormalize_gates!r} must be a bool (true or false)")
+        gate_mode = self.extra.get("gate_mode")
+        if gate_mode is not None and gate_mode not in GATE_MODES:
+            raise TraceError(f"trace metadata gate_mode={gate_mode!r} must be one of {GATE_MODES}")
+        score = self.extra.get("router_score", "softmax")
+        if score not in ROUTER_SCORES:
+            raise TraceError(f"trace metadata router_score={score!r} must be one of {ROUTER_SCORES}")
+        topk = self.topk
+        bad = (topk < 0) | (topk >= n)
+        if bad.any():
+            raise TraceError(f"topk indices must be in [0, {n - 1}]{_first(bad, 'topk')}")
+        if k > 1:
+            srt = np.sort(topk, axis=-1)
+            dup = (srt[..., 1:] == srt[..., :-1]).any(axis=-1)
+            if dup.any():
+                raise TraceError(f"topk holds a duplicate expert index in a row{_first(dup, 'topk')}")
+        probs = self.router_probs
+        if np.any(probs < 0):
+            raise TraceError(f"router_probs must be >= 0{_first(probs < 0, 'router_probs')}")
+        explicit = gate_mode == "explicit"
+        over = probs > 1.0
+        if explicit:  # the top-k positions hold the model's gates
+            np.put_along_axis(over, topk, False, axis=-1)
+        if over.any():
+            raise TraceError(f"router_probs must be <= 1 (probabilities or scores){_first(over, 'router_probs')}")
+        sel = np.take_along_axis(probs, topk, axis=-1)
+        if explicit and np.any(sel > MAX_GATE):
+            raise TraceError(f"router_probs holds an explicit gate > {MAX_GATE:g}{_first(sel > MAX_GATE, 'router_probs')}")
+        if score == "softmax" and not explicit:
+            off = np.abs(probs.sum(axis=-1, dtype=np.float64) - 1.0) > SUM_TOL
+            if off.any():
+                raise TraceError(f"router_probs rows must sum to 1 (softmax scores; router_score={score!r}, within "
+                                 f"{SUM_TOL:g}){_first(off, 'router_probs')}")
+        if k > 1:
+            desc = (sel[..., 1:] > sel[..., :-1] + ORDER_TOL * np.maximum(1.0, np.abs(sel[..., :-1]))).any(axis=-1)
+            if desc.any():
+                raise TraceError(f"topk slots must be in descending router_probs order{_first(desc, 'topk')}")
+        if np.any(self.hidden_norms < 0):
+            raise TraceError(f"hidden_norms must be >= 0{_first(self.hidden_norms < 0, 'hidden_norms')}")
         if np.any(self.delta < 0) or np.any(self.sigma <= 0):
             raise TraceError("delta must be >= 0 and sigma > 0")
+        if np.any(self.delta > MAX_RATIO) or np.any(self.sigma > MAX_RATIO):
+            raise TraceError(f"delta and sigma must be at most {MAX_RATIO:g} (relative output deviations)")
         if not np.allclose(self.delta, np.swapaxes(self.delta, 1, 2), rtol=1e-5, atol=1e-7):
             raise TraceError("delta must be symmetric in its last two axes")
         if np.any(np.abs(np.diagonal(self.delta, axis1=1, axis2=2)) > 1e-7):
             raise TraceError("delta must have a zero diagonal")
         return self
+
+
+def _first(mask: np.ndarray, name: str) -> str:
+    """`` (first at row (t, l) of name)`` for the first True of ``mask`` (leading axes), or ``""``."""
+    idx = np.argwhere(mask)
+    if not len(idx):
+        return ""
+    pos = tuple(int(i) for i in idx[0])
+    if name in ("router_probs", "topk", "hidden_norms") and len(pos) >= 2:
+        return f" (first at token {pos[0]}, layer {pos[1]}: row {pos[:2]})"
+    return f" (first at index {pos})"
 
 
 def save_trace(trace: Trace, path: str | Path) -> Path:
@@ -184,14 +266,17 @@ def load_trace(path: str | Path) -> Trace:
     missing = [a for a in ARRAYS if a not in arrays]
     if missing:
         raise TraceError(f"trace file {str(path)!r} lacks array(s) {missing}")
+    renorm = meta.get("renormalize_gates", True)
+    if not isinstance(renorm, bool):
+        raise TraceError(f"trace metadata renormalize_gates={renorm!r} must be a JSON bool (true or false)")
     quantile = meta.get("quantile", 0.99)
-    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 < quantile <= 1.0:
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 < quantile <= 1.0:  # NaN fails
         raise TraceError(f"trace metadata quantile={quantile!r} must be a number in (0, 1]")
     known = set(META_INT) | {"format", "version", "renormalize_gates", "quantile", "model"}
     trace = Trace(
         **{a: arrays[a] for a in ARRAYS},
         **{k: meta[k] for k in META_INT},
-        renormalize_gates=bool(meta.get("renormalize_gates", True)),
+        renormalize_gates=renorm,
         quantile=float(quantile),
         model=str(meta.get("model", "")),
         extra={k: v for k, v in meta.items() if k not in known},

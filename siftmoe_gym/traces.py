@@ -167,6 +167,7 @@ def extract_trace(
             "source": "siftmoe_gym.traces.extract_trace",
             "architecture": type(model).__name__,
             "gate_mode": mode,
+            "router_score": layers[0].score,
             "calibration_tokens": n_cal,
             "window": int(window),
             "moe_layer_indices": [l.layer_idx for l in layers],

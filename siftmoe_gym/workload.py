@@ -97,7 +97,10 @@ class TraceWorkload:
         gates = np.take_along_axis(probs, topk, axis=-1)
         if trace.renormalize_gates:
             gates = gates / np.maximum(gates.sum(axis=-1, keepdims=True), 1e-300)
-        self._probs, self._topk, self._gates = probs, topk, gates
+        # explicit gates (gate_mode "explicit") may exceed 1 at the top-k positions: the gates keep them, the
+        # router scores the environments observe are clipped to [0, 1]
+        obs_probs = np.minimum(probs, 1.0) if np.any(probs > 1.0) else probs
+        self._probs, self._topk, self._gates = obs_probs, topk, gates
         self._norms = trace.hidden_norms.astype(np.float64)
         sigma = trace.sigma.astype(np.float64)
         layers = np.arange(trace.num_layers)[None, :, None]

@@ -157,9 +157,15 @@ _TW = TraceWorkload(CFG, make_trace(200))
 
 def test_system_from_trace_file(tmp_path):
     path = save_trace(make_trace(30, renormalize=False), tmp_path / "t.safetensors")
-    # node_capacity 1 holds 1 + 4 * 1 = 5 experts: enough for the config's 4, not for the trace's 8
-    s = WideSystem({"num_experts": 4, "top_k": 3, "num_layers": 2, "node_capacity": 1}, trace=path)
-    # the model's shape comes from the trace; a capacity too small for it is reset
+    # the model's shape comes from the trace: a config key that contradicts it is an error naming both values
+    with pytest.raises(ValueError, match=r"num_experts=4 \(trace: num_experts=8\)"):
+        WideSystem({"num_experts": 4, "top_k": 3, "num_layers": 2}, trace=path)
+    # node_capacity 1 holds 1 + 4 * 1 = 5 experts: enough for the config's 4, not for the trace's 8; unless it
+    # was given explicitly (then an error), a capacity too small for the trace is reset
+    cfg = SystemConfig.from_dict({"num_experts": 4, "top_k": 3, "num_layers": 2, "node_capacity": 1})
+    with pytest.raises(ValueError, match="node_capacity=1 cannot hold the trace's num_experts=8"):
+        WideSystem(cfg, trace=path, explicit={"node_capacity"})
+    s = WideSystem(cfg, trace=path, explicit=())
     assert (s.num_experts, s.top_k, s.num_layers, s.config.renormalize_gates) == (8, 2, 3, False)
     assert s.node_of.shape == (3, 8) and s.config.node_capacity is None and s.config.edge_capacity == 2
     tok = s.sample_tokens(np.random.default_rng(0), 5)

@@ -44,7 +44,7 @@ from ..config import make_config
 from ..instances import DecodeInstance
 from ..serving import pick_row, solve_decode
 from ..serving_table import ServingTable
-from ..system import WideSystem
+from ..system import WideSystem, explicit_keys
 from .actions import ACTION_MODES, make_action_codec
 from .config import SHAPE_KEYS, check_env_value, split_config
 from .episodes import EpisodeCache
@@ -118,7 +118,7 @@ class SiftMoEEnv(gym.Env):
         self.trace_path = trace
         self.env_config = self._validate_env_config({**defaults, **env_part})
         sys_cfg = base_cfg if base_cfg is not None else make_config(sys_part if sys_part else None)
-        self.system = WideSystem(sys_cfg, trace=trace)
+        self.system = WideSystem(sys_cfg, trace=trace, explicit=explicit_keys(base_cfg if base_cfg is not None else sys_part))
         self._setup_static()
         self._build_spaces()
         self._ep_cache = EpisodeCache()
@@ -151,7 +151,8 @@ class SiftMoEEnv(gym.Env):
                 new_sys = make_config(sys_part)
             else:
                 new_sys = self.system.config.replace(**sys_part)
-            system = WideSystem(new_sys, trace=self.system.trace)
+            system = WideSystem(new_sys, trace=self.system.trace,
+                                explicit=explicit_keys(base_cfg if base_cfg is not None else sys_part))
             old = self.system.config
             changed = [k for k in SHAPE_KEYS if getattr(system.config, k) != getattr(old, k)]
             if changed:

@@ -191,8 +191,12 @@ class DecodeEnv(SiftMoEEnv):
       [1e-12, 1e3] J; the system keys' ranges are in ``docs/model.md``
       section 5.  ``reset(options={"config": {...}})`` changes it between
       episodes (keys that change the spaces excepted).
-    - ``trace``: path to a trace file recorded from a real model; the
-      synthetic workload is used when absent.
+    - ``trace``: path to a trace file recorded from a real model (or a
+      :class:`~siftmoe_gym.tracefile.Trace`); the synthetic workload is used
+      when absent.  The file is checked (``TraceError``); it fixes
+      ``num_experts``, ``top_k``, ``num_layers``, ``hidden_size``,
+      ``renormalize_gates`` and ``quantile``, and a config key giving one of
+      them another value is a ``ValueError`` naming both.
     - ``penalty``, ``penalty_latency``, ``episode_tokens``: override the
       config's values.
     - ``render_mode``: ``"ansi"`` or ``"rgb_array"``.
