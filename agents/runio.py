@@ -189,11 +189,11 @@ def slug(env_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", env_id).strip("-")
 
 
-def _numbered(logdir: Path, base: str) -> list[tuple[int, Path]]:
-    """``(i, logdir/base[_i])`` of the existing run folders of ``base`` (``base`` itself is 1)."""
+def run_dirs(logdir: Path, base: str) -> list[tuple[int, Path]]:
+    """``(i, logdir/base[_i])`` of the existing run folders of ``base`` (``base`` itself is 1), by ``i``."""
     pat = re.compile(re.escape(base) + r"(?:_(\d+))?")
     out = []
-    for p in logdir.glob(f"{glob_escape(base)}*"):
+    for p in (logdir.glob(f"{glob_escape(base)}*") if logdir.is_dir() else ()):
         m = pat.fullmatch(p.name)
         if m and p.is_dir():
             out.append((int(m.group(1)) if m.group(1) else 1, p))
@@ -250,7 +250,7 @@ def resumable(run_dir: Path, notes: list[str] | None = None) -> list[dict[str, A
 def latest_run_dir(logdir: Path, base: str) -> Path | None:
     """The highest-numbered of ``logdir/base`` and ``logdir/base_<i>`` that has a ``config.json`` and an intact
     checkpoint (what ``--resume`` continues), or ``None``."""
-    for _, p in reversed(_numbered(Path(logdir), base)):
+    for _, p in reversed(run_dirs(Path(logdir), base)):
         if resumable(p, []):
             return p
     return None

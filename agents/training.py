@@ -38,8 +38,8 @@ from .policy import AgentPolicy
 from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
-    atomic_save_model, atomic_write_json, claim_run_dir, glob_escape, latest_run_dir, remove_stale_tmp,
-    resolve_model_path, resumable, slug,
+    atomic_save_model, atomic_write_json, claim_run_dir, latest_run_dir, remove_stale_tmp, resolve_model_path, resumable,
+    run_dirs, slug,
 )
 
 QUICK = {
@@ -163,10 +163,9 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
     saved = None
     if resume:
         run_dir = (logdir / run_name) if run_name else latest_run_dir(logdir, base)
-        if run_dir is None:  # no folder with a config and an intact checkpoint: say what is there
-            found = [p for p in (logdir.glob(f"{glob_escape(base)}*") if logdir.is_dir() else [])
-                     if (p / "config.json").is_file()]
-            run_dir = max(found, key=lambda p: p.stat().st_mtime) if found else None
+        if run_dir is None:  # no folder with a config and an intact checkpoint: say what the newest one lacks
+            found = [p for _, p in run_dirs(logdir, base) if (p / "config.json").is_file()]
+            run_dir = found[-1] if found else None
         if run_dir is None or not (run_dir / "config.json").is_file():
             raise AgentConfigError(f"--resume: no run {base!r} under {logdir}")
         checkpoints = resumable(run_dir, notes)

@@ -183,6 +183,21 @@ def test_failed_launch_leaves_no_folder_and_resume_skips_unfinished_ones(tmp_pat
     assert res.run_dir == done.run_dir and res.timesteps == 256
 
 
+def test_resume_never_takes_another_seeds_run(tmp_path):
+    """``..._seed10`` shares the prefix of ``..._seed1``: --resume of seed 1 must not continue it."""
+    import zipfile
+
+    other = tmp_path / "siftmoe_gym-Decode-v0_ppo_seed10"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "config.json").write_text(json.dumps({"env_id": "siftmoe_gym/Decode-v0", "algo": "ppo", "seed": 10}))
+    with zipfile.ZipFile(other / "checkpoints" / "ckpt_0000000064.zip", "w") as z:
+        z.writestr("data", "{}")
+    assert latest_run_dir(tmp_path, "siftmoe_gym-Decode-v0_ppo_seed10") == other
+    assert latest_run_dir(tmp_path, "siftmoe_gym-Decode-v0_ppo_seed1") is None
+    with pytest.raises(AgentConfigError, match="--resume: no run 'siftmoe_gym-Decode-v0_ppo_seed1'"):
+        _train(tmp_path, seed=1, resume=True)
+
+
 def _ckpts(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "checkpoints").glob("ckpt_*.zip"))
 
