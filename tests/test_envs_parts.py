@@ -81,7 +81,8 @@ def test_episode_metrics_batch_matches_single():
     e, et = np.array([1.0, 2.0, 0.0]), np.array([2.0, 0.0, 0.0])
     nv, nl = np.array([3, 0, 1]), np.array([0, 2, 0])
     batch: dict = {}
-    add_episode_metrics_batch(batch, e, et, nv, nl, 4, 16)
+    add_episode_metrics_batch(batch, e, et, nv, nl, 4, 16, np.ones(3, bool))
+    assert set(batch["episode_metrics"]) == set(EPISODE_METRICS) | {"_" + key for key in EPISODE_METRICS}
     for i in range(3):
         single: dict = {}
         add_episode_metrics(single, float(e[i]), float(et[i]), int(nv[i]), int(nl[i]), 4, 16)

@@ -163,13 +163,16 @@ def test_subproc_route_matches_native():
 def test_single_env_episode_metrics():
     env = gym.make("siftmoe_gym/Prefill-v0", config={"prefill_tokens": 2})
     env.reset(seed=0)
-    done, info, total = False, {}, 0.0
+    done, info, total, steps = False, {}, 0.0, 0
+    n_layers = env.unwrapped.n_layers
     while not done:
         _, _, term, trunc, info = env.step(env.action_space.sample())
         total += info["energy_j"]
+        steps += 1
         done = term or trunc
-        if not done:
-            assert "saving_pct" not in info
+        if not done:  # every step carries the metrics so far (steps / L tokens)
+            assert info["episode_metrics"]["saving_pct"] == info["saving_pct"]
+            assert np.isclose(info["energy_per_token_j"], total / (steps / n_layers))
     assert set(EPISODE_METRIC_KEYS) <= set(info) and info["episode_metrics"]["saving_pct"] == info["saving_pct"]
     assert np.isclose(info["energy_per_token_j"], total / 2)
     assert 0.0 <= info["violation_rate"] <= 1.0

@@ -30,6 +30,8 @@ ACTION_MODES = ("nodes", "experts", "slots", "discrete")
 FAST_NODES_LIMIT = 12
 """Largest ``M`` for which the ``nodes`` codec keeps its int8 action -> bitmask lookup table (``2^M`` entries)."""
 
+_INT8 = np.dtype(np.int8)
+
 BadBatch = Callable[[Any, str], ValueError]
 """``bad(actions, why)``: the error ``decode_batch`` raises (the vector environment words it)."""
 
@@ -67,6 +69,13 @@ class ActionCodec:
         """
         raise NotImplementedError
 
+    def _array(self, action: Any) -> np.ndarray:
+        """``np.asarray(action)``, or this mode's ``ValueError`` when it is not array-like (ragged, ...)."""
+        try:
+            return np.asarray(action)
+        except (ValueError, TypeError) as exc:
+            raise self.bad(action, f"not an array ({exc})") from None
+
     def _assignment(self, assignment: Any) -> np.ndarray:
         a = np.asarray(assignment, dtype=np.int64).reshape(-1)
         if a.shape != (self.top_k,) or a.min() < -1 or a.max() >= self.n_experts:
@@ -82,7 +91,7 @@ class ActionCodec:
 
     def _binary(self, action: Any, width: int) -> np.ndarray:
         """The 0/1 vector of length ``width`` (bool) of a ``MultiBinary`` action."""
-        arr = np.asarray(action)
+        arr = self._array(action)
         if arr.shape != (width,):
             raise self.bad(action, f"shape {arr.shape} != {(width,)}")
         kind = arr.dtype.kind
@@ -125,7 +134,7 @@ class NodesCodec(ActionCodec):
         return spaces.MultiBinary(self.n_nodes)
 
     def decode(self, action):
-        if type(action) is np.ndarray and action.dtype == np.int8:
+        if type(action) is np.ndarray and action.dtype is _INT8:  # (any other dtype: the general path below)
             hit = self._fast.get(action.tobytes()) if action.shape == self._shape else None
             if hit is not None:
                 return "nodes", hit
@@ -152,7 +161,7 @@ class DiscreteCodec(ActionCodec):
         if isinstance(action, (int, np.integer)):
             a = int(action)
         else:
-            arr = np.asarray(action)
+            arr = self._array(action)
             if arr.shape not in ((), (1,)) or arr.dtype.kind not in "iu":
                 raise self.bad(action, "need an integer scalar")
             a = int(arr.reshape(-1)[0])
@@ -202,7 +211,7 @@ class SlotsCodec(ActionCodec):
         return spaces.MultiDiscrete(np.full(self.top_k, self.n_experts + 1, dtype=np.int64))
 
     def decode(self, action):
-        arr = np.asarray(action)
+        arr = self._array(action)
         shape = (self.top_k,)
         if arr.shape != shape:
             raise self.bad(action, f"shape {arr.shape} != {shape}")
@@ -213,10 +222,9 @@ class SlotsCodec(ActionCodec):
             raise self.bad(action, "dtype bool")
         if kind == "f" and not np.all(np.floor(arr) == arr):
             raise self.bad(action, "values must be integers")
-        srv = arr.astype(np.int64)
-        if srv.min() < 0 or srv.max() > self.n_experts:
+        if arr.min() < 0 or arr.max() > self.n_experts:  # checked before the cast (inf, huge values)
             raise self.bad(action, f"values must be in [0, {self.n_experts}] ({self.n_experts} = skip)")
-        return "slots", srv
+        return "slots", arr.astype(np.int64)
 
     def decode_batch(self, actions, n, bad):
         arr = np.asarray(actions)
@@ -224,10 +232,9 @@ class SlotsCodec(ActionCodec):
             raise bad(actions, f"shape {arr.shape} dtype {arr.dtype}")
         if arr.dtype.kind == "b" or (arr.dtype.kind == "f" and not np.all(np.floor(arr) == arr)):
             raise bad(actions, "values must be integers")
-        srv = arr.astype(np.int64)
-        if srv.min() < 0 or srv.max() > self.n_experts:
+        if arr.min() < 0 or arr.max() > self.n_experts:  # checked before the cast (inf, huge values)
             raise bad(actions, f"values must be in [0, {self.n_experts}]")
-        return "slots", srv
+        return "slots", arr.astype(np.int64)
 
     def encode(self, assignment, layer_nodes):
         a = self._assignment(assignment)

@@ -46,7 +46,7 @@ from ..serving import pick_row, solve_decode
 from ..serving_table import ServingTable
 from ..system import WideSystem, explicit_keys
 from .actions import ACTION_MODES, make_action_codec
-from .config import SHAPE_KEYS, check_env_value, split_config
+from .config import SHAPE_KEYS, check_env_value, reset_config, split_config
 from .episodes import EpisodeCache
 from .metrics import EPISODE_METRICS, add_episode_metrics
 from .observations import (
@@ -169,6 +169,8 @@ class SiftMoEEnv(gym.Env):
         if system is not self.system:
             self.system = system
             self._setup_static()
+        else:  # the one attribute derived from an environment key (reward_floor_j)
+            self.floor = self._reward_floor()
 
     # ------------------------------------------------------------ static data
     def _setup_static(self) -> None:
@@ -176,11 +178,11 @@ class SiftMoEEnv(gym.Env):
         cfg = sysm.config
         self.n_experts, self.top_k, self.n_layers, self.n_nodes = cfg.num_experts, cfg.top_k, cfg.num_layers, cfg.num_nodes
         self.compute_cost = float(cfg.compute_energy_j)
-        floor = self.env_config["reward_floor_j"]
-        self.floor = float(floor) if floor is not None else self.top_k * self.compute_cost + 1e-12
+        self.floor = self._reward_floor()
         self.table = ServingTable(sysm)
         self.budgets = np.asarray(sysm.budgets, dtype=np.float64)
         self._eps_div = np.maximum(self.budgets, 1e-12)  # budgets as divisors (a zero budget is allowed)
+        self._budget_list, self._eps_div_list = self.budgets.tolist(), self._eps_div.tolist()  # as Python floats
         self._tau = self._setting_tau()
         self._g_th = one_token_threshold_gain(cfg, self._tau)
         self._features = FeatureTables(sysm, self._eps_div)
@@ -197,6 +199,7 @@ class SiftMoEEnv(gym.Env):
             # by the compute energy of each combo; combos sorted by it (stable), with the end of each tie run
             ec = self.compute_cost * tab.count
             self._ec_count = ec
+            self._ec_list = ec.tolist()
             order = np.argsort(ec, kind="stable")
             e_sorted = ec[order]
             lim = e_sorted + np.abs(e_sorted) * REL_TOL + ABS_TOL
@@ -208,6 +211,11 @@ class SiftMoEEnv(gym.Env):
             levels = np.unique(tab.count)
             distinct = self.compute_cost > float(ec.max()) * 2 * REL_TOL + 2 * ABS_TOL
             self._count_levels = [np.flatnonzero(tab.count == c) for c in levels] if distinct else None
+
+    def _reward_floor(self) -> float:
+        """``f``: ``reward_floor_j``, or ``k e_c + 1e-12`` J when it is None."""
+        floor = self.env_config["reward_floor_j"]
+        return float(floor) if floor is not None else self.top_k * self.compute_cost + 1e-12
 
     def _setting_tau(self) -> float:
         return float(self.system.config.tau_s)
@@ -376,27 +384,31 @@ class SiftMoEEnv(gym.Env):
         return self._cost, self._feas, self._viol
 
     EPISODE_METRICS = EPISODE_METRICS
-    """Keys added to the last step's ``info`` (flat, and together under ``info["episode_metrics"]``)."""
+    """Keys every step's ``info`` carries (flat, and together under ``info["episode_metrics"]``): the episode's
+    metrics so far (:mod:`siftmoe_gym.envs.metrics`)."""
 
     def _episode_reference(self) -> tuple[int, float]:
         """(tokens of the episode, top-k's energy over the episode)."""
         return self.env_config["episode_tokens"], self._ep_sums[1]
 
     def _add_episode_metrics(self, info: dict[str, Any]) -> None:
-        """Episode-end metrics (:mod:`siftmoe_gym.envs.metrics`)."""
+        """The metrics of the whole episode, on its last step (:mod:`siftmoe_gym.envs.metrics`)."""
         e, _, nv, nl = self._ep_sums
         tokens, et = self._episode_reference()
         add_episode_metrics(info, e, et, nv, nl, tokens, self._n_steps)
 
+    def _add_running_metrics(self, info: dict[str, Any], steps: int) -> None:
+        """The metrics of the episode's first ``steps`` steps, on a step before the last (``steps / L`` tokens)."""
+        e, et, nv, nl = self._ep_sums
+        add_episode_metrics(info, e, et, nv, nl, steps / self.n_layers, steps)
+
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        cfg = reset_config(options)
+        if cfg is not None:
+            self._episode_ready = False  # a reset that fails leaves no half-reconfigured episode to step
+            self._reconfigure(cfg)
         super().reset(seed=seed)
-        if options:
-            unknown = sorted(set(options) - {"config"})
-            if unknown:
-                raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['config']")
-            if "config" in options and options["config"] is not None:
-                self._reconfigure(options["config"])
         self._s = 0
         self._last = None
         self._new_episode(self.np_random)

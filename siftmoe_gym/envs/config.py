@@ -87,3 +87,24 @@ def check_env_value(name: str, value: Any) -> float | int:
         raise ValueError(f"invalid {name}={value!r}: must be {rng.describe()}")
     return int(value) if rng.kind == "int" else v
 
+
+def reset_config(options: Any) -> Any:
+    """The ``config`` of ``reset(options=...)`` (None when absent); ``ValueError`` for options that are not a dict
+    or hold other keys.  Checked before a reset changes anything."""
+    if options is not None and not isinstance(options, Mapping):
+        raise ValueError(f"reset options must be a dict, got {type(options).__name__}")
+    if not options:
+        return None
+    unknown = sorted(map(str, set(options) - {"config"}))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['config']")
+    return options.get("config")
+
+
+def check_count(name: str, value: Any, none_ok: bool = False) -> int | None:
+    """``value`` as an int if it is an integer >= 1 (or None when ``none_ok``); else ``ValueError`` naming ``name``."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"invalid {name}={value!r}: must be {'None or ' if none_ok else ''}an integer >= 1")
+    return int(value)

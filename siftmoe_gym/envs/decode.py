@@ -14,6 +14,9 @@ from .episodes import draw_decode_episodes, episode_row
 from .rewards import reward_terms
 
 
+_MIN = np.minimum.reduce
+
+
 def draw_decode_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
     """Everything random in one Decode episode, drawn in a fixed order from ``rng``.
 
@@ -164,14 +167,22 @@ class DecodeEnv(SiftMoEEnv):
     ## Episode End
 
     The episode terminates after ``episode_tokens * L`` steps (the request
-    has been generated).  There is no truncation.
+    has been generated).  The environment itself never truncates;
+    ``max_episode_steps`` (``gym.make`` and the native vector environment
+    alike) truncates as ``TimeLimit`` does.
 
-    The last step's ``info`` adds the episode's metrics, flat and under
-    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
-    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
-    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    Every step's ``info`` carries the episode's metrics so far, flat and
+    under ``info["episode_metrics"]``: ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same steps),
     ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
-    steps with ``err > eps_l``) and ``latency_violation_rate``.
+    steps with ``err > eps_l``) and ``latency_violation_rate``, over the
+    steps since the reset (``steps / L`` tokens;
+    :mod:`siftmoe_gym.envs.metrics`).  On the last step they are the whole
+    episode's; on a step where a wrapper truncates the episode
+    (``gym.make(..., max_episode_steps=k)``, ``TimeLimit``) those of the part
+    played.  The environment does not know about such wrappers, so the
+    metrics are on every step: ``Monitor(info_keywords=("saving_pct",))``
+    and rl-zoo3's ``monitor_kwargs`` find them however the episode ends.
 
     ## Arguments
 
@@ -320,6 +331,8 @@ class DecodeEnv(SiftMoEEnv):
         if "errok_sorted" in tabs:
             order, tie_end, allow_sorted = self._node_order
             self._fast = (order, tie_end, allow_sorted, tabs["errok_sorted"][j], self.table.allow)
+            # the fast path's per-node-set energy and latency as Python floats (the same doubles)
+            self._mask_e_list, self._mask_lat_list = self._mask_e.tolist(), self._mask_lat.tolist()
 
     def _pick_nodes(self, s: int, layer: int, mask: int) -> int:
         """Index of the combo serving node set ``mask`` at step ``s`` (exactly :func:`~siftmoe_gym.serving.pick_row`'s
@@ -334,7 +347,7 @@ class DecodeEnv(SiftMoEEnv):
                 return int(order[p])
             cand = order[p : q + 1][row[p : q + 1]]
             e = self._err_tab[s, cand]
-            return int(cand[e == e.min()].min())
+            return int(_MIN(cand[e == _MIN(e)]))  # ndarray.min's reduction without its Python wrapper
         ea = np.where(allow[layer, mask], self._err_tab[s], np.inf)
         j = int(ea.argmin())
         if np.count_nonzero(ea <= ea[j] * (1.0 + REL_TOL) + ABS_TOL) == 1:
@@ -358,16 +371,16 @@ class DecodeEnv(SiftMoEEnv):
         kind, payload = self.action_codec.decode(action)
         s = self._s
         layer = self._layer_list[s]
-        eps = float(self.budgets[layer])
+        eps = self._budget_list[layer]
         if kind == "nodes" and self._fast is not None:
             tab = self.table
             idx = self._pick_nodes(s, layer, payload)
-            energy = float(self._mask_e[payload] + self._ec_count[idx])
+            energy = self._mask_e_list[payload] + self._ec_list[idx]
             if self.top_k <= 2:
                 err = float(self._err_tab[s, idx])
             else:
                 err = float((self._gates[s] * self._dk[s][self._arange_k, tab.servers[idx]]).sum())
-            lat = float(self._mask_lat[payload])
+            lat = self._mask_lat_list[payload]
             used = tab.nodes[layer, idx].copy()
             active = self._subset_nodes[payload].copy()
             assignment, computed = tab.assign[idx].copy(), tab.computed[idx].copy()
@@ -378,7 +391,7 @@ class DecodeEnv(SiftMoEEnv):
             assignment, computed, used, active = res["assignment"], res["computed"], res["used"], res["active"]
         e_topk = self._topk_e_list[s]
         cfg = self.env_config
-        r_e, r_a, r_l, violation = reward_terms(energy, e_topk, err, eps, float(self._eps_div[layer]), lat, self.floor,
+        r_e, r_a, r_l, violation = reward_terms(energy, e_topk, err, eps, self._eps_div_list[layer], lat, self.floor,
                                                 cfg["penalty"], cfg["penalty_latency"], self._tau)
         reward = r_e + r_a + r_l
         info = {
@@ -388,10 +401,10 @@ class DecodeEnv(SiftMoEEnv):
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": s // self.n_layers,
         }
-        if res is None:
-            self._last = (s, idx, payload, energy, err, lat, layer, eps, e_topk, reward)
+        if res is None:  # (the _last property's storage, set directly: the hot path)
+            self._last_v = (s, idx, payload, energy, err, lat, layer, eps, e_topk, reward)
         else:
-            self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
+            self._last_v = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         sums = self._ep_sums
         sums[0] += energy
         sums[1] += e_topk
@@ -403,4 +416,13 @@ class DecodeEnv(SiftMoEEnv):
             self._episode_ready = False
             self._add_episode_metrics(info)
             return self._format_obs(self._obs_table[s].copy()), reward, True, False, info
-        return self._format_obs(self._obs_table[s + 1].copy()), reward, False, False, info
+        # the episode's metrics so far (SiftMoEEnv._add_running_metrics, inlined: the hot path)
+        e, et, steps = sums[0], sums[1], s + 1
+        tok = steps / self.n_layers
+        m = {"energy_per_token_j": e / tok, "topk_energy_per_token_j": et / tok,
+             "saving_pct": 100.0 * (1.0 - e / et) if et > 0 else 0.0,
+             "violation_rate": sums[2] / steps, "latency_violation_rate": sums[3] / steps}
+        info.update(m)
+        info["episode_metrics"] = m
+        obs = self._obs_table[s + 1].copy()
+        return (obs if self.obs_mode == "flat" else self._format_obs(obs)), reward, False, False, info

@@ -99,14 +99,21 @@ class FastFadingEnv(SiftMoEEnv):
 
     ## Episode End
 
-    Terminates after ``episode_tokens * L`` steps.  No truncation.
+    Terminates after ``episode_tokens * L`` steps.  The environment itself
+    never truncates; ``max_episode_steps`` truncates as ``TimeLimit`` does.
 
-    The last step's ``info`` adds the episode's metrics, flat and under
-    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
-    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
-    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    Every step's ``info`` carries the episode's metrics so far, flat and
+    under ``info["episode_metrics"]``: ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same steps),
     ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
-    steps with ``err > eps_l``) and ``latency_violation_rate``.
+    steps with ``err > eps_l``) and ``latency_violation_rate``, over the
+    steps since the reset (``steps / L`` tokens;
+    :mod:`siftmoe_gym.envs.metrics`).  On the last step they are the whole
+    episode's; on a step where a wrapper truncates the episode
+    (``gym.make(..., max_episode_steps=k)``, ``TimeLimit``) those of the part
+    played.  The environment does not know about such wrappers, so the
+    metrics are on every step: ``Monitor(info_keywords=("saving_pct",))``
+    and rl-zoo3's ``monitor_kwargs`` find them however the episode ends.
 
     ## Arguments
 
@@ -292,7 +299,9 @@ class FastFadingEnv(SiftMoEEnv):
         sums[1] += e_topk
         sums[2] += info["violation"]
         sums[3] += res["lat"] > 0.0
-        if terminated:
+        if not terminated:
+            self._add_running_metrics(info, self._s)
+        else:
             self._add_episode_metrics(info)
             tokens = self.env_config["episode_tokens"]
             mean_ratio = self._ratio_sum / tokens

@@ -97,13 +97,22 @@ class PrefillEnv(SiftMoEEnv):
     ## Episode End
 
     Terminates after ``T * L`` steps (the block has passed every layer).
+    The environment itself never truncates; ``max_episode_steps`` truncates as
+    ``TimeLimit`` does.
 
-    The last step's ``info`` adds the episode's metrics, flat and under
-    ``info["episode_metrics"]`` (so ``Monitor(info_keywords=...)`` and
-    rl-zoo3's ``monitor_kwargs`` can log them): ``energy_per_token_j``,
-    ``topk_energy_per_token_j`` (top-k's energy over the same episode),
+    Every step's ``info`` carries the episode's metrics so far, flat and
+    under ``info["episode_metrics"]``: ``energy_per_token_j``,
+    ``topk_energy_per_token_j`` (top-k's energy over the same steps),
     ``saving_pct`` (``100 (1 - E / E_topk)``), ``violation_rate`` (share of
-    steps with ``err > eps_l``) and ``latency_violation_rate``.
+    steps with ``err > eps_l``) and ``latency_violation_rate``, over the
+    steps since the reset (``steps / L`` tokens;
+    :mod:`siftmoe_gym.envs.metrics`; top-k's reference is ``Ebar_l`` per
+    step).  On the last step they are the whole
+    episode's; on a step where a wrapper truncates the episode
+    (``gym.make(..., max_episode_steps=k)``, ``TimeLimit``) those of the part
+    played.  The environment does not know about such wrappers, so the
+    metrics are on every step: ``Monitor(info_keywords=("saving_pct",))``
+    and rl-zoo3's ``monitor_kwargs`` find them however the episode ends.
 
     ## Arguments
 
@@ -255,11 +264,14 @@ class PrefillEnv(SiftMoEEnv):
         terminated = self._s >= self._n_steps
         sums = self._ep_sums
         sums[0] += res["energy"]
+        sums[1] += e_bar  # top-k's reference: its block energy per token at this layer
         sums[2] += info["violation"]
         sums[3] += res["lat"] > 0.0
         if terminated:
             self._episode_ready = False
             self._add_episode_metrics(info)
-        elif self._s % self._T == 0:
-            self._start_layer()
+        else:
+            self._add_running_metrics(info, self._s)
+            if self._s % self._T == 0:
+                self._start_layer()
         return self._format_obs(self._observation()), reward, terminated, False, info

@@ -151,6 +151,10 @@ class SiftMoESB3VecEnv(VecEnv):
             for key in keys:
                 if key in info:
                     vals = info[key]
+                    if isinstance(vals, dict):  # e.g. episode_metrics: a dict per copy (its masks left out)
+                        for i in range(n):
+                            infos[i][key] = {k: v[i] for k, v in vals.items() if not k.startswith("_")}
+                        continue
                     for i in range(n):
                         infos[i][key] = vals[i]
         if dones.any():

@@ -8,8 +8,15 @@ environment draws; all copies' episodes are then built at once
 (:mod:`siftmoe_gym.envs.episodes`, ``episode_tables``) and stepped with the
 same arithmetic row by row, so copy ``i`` reproduces the single environment
 step for step, bit for bit.  Autoreset follows Gymnasium 1.x's default ``NEXT_STEP``
-mode: the call after a termination resets the copy and returns its first
-observation with reward 0.
+mode: the call after a termination (or truncation) resets the copy and returns its
+first observation with reward 0 and the reset's ``info``.  ``max_episode_steps``
+(which Gymnasium passes to vector entry points) truncates as ``TimeLimit`` does
+in a ``SyncVectorEnv`` over ``gym.make(id, max_episode_steps=...)``, and
+``info`` has that ``SyncVectorEnv``'s keys, values and ``"_key"`` masks.  A
+batch of actions is checked whole before any copy moves (a rejected batch
+leaves every copy as it was); ``step`` before ``reset`` raises
+``gymnasium.error.ResetNeeded`` as ``SyncVectorEnv`` does; pickling and deep
+copies leave out the lazily created reset thread pool.
 
 Episodes have a fixed length, so every copy is always at the same step;
 Decode and FastFading are stepped fully batched (exact enumeration table),
@@ -30,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -38,6 +46,7 @@ from ..bounds import ABS_TOL, REL_TOL, within_budget
 from ..energy import TOPK_FLOOR_J
 from ..serving import pick_allowed_rows
 from ..serving_table import err_table
+from .config import check_count, reset_config
 from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
@@ -54,14 +63,11 @@ class SiftMoEVectorEnv(VectorEnv):
     env_class: type = DecodeEnv
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, num_envs: int = 1, config: Any = None, reset_threads: int | None = None, **kwargs: Any):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"invalid num_envs={num_envs!r}: must be an integer >= 1")
-        if reset_threads is None:
-            reset_threads = min(2, os.cpu_count() or 1)
-        if isinstance(reset_threads, bool) or not isinstance(reset_threads, (int, np.integer)) or reset_threads < 1:
-            raise ValueError(f"invalid reset_threads={reset_threads!r}: must be an integer >= 1")
-        self.reset_threads = int(reset_threads)
+    def __init__(self, num_envs: int = 1, config: Any = None, reset_threads: int | None = None,
+                 max_episode_steps: int | None = None, **kwargs: Any):
+        num_envs = check_count("num_envs", num_envs)
+        self.max_episode_steps = check_count("max_episode_steps", max_episode_steps, none_ok=True)
+        self.reset_threads = check_count("reset_threads", min(2, os.cpu_count() or 1) if reset_threads is None else reset_threads)
         self._pool = None
         self._buf = None  # step work arrays (combos, copies)
         if kwargs.get("render_mode") is not None:
@@ -79,51 +85,68 @@ class SiftMoEVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator] | None = None
         self._copies: list[Any] | None = None
         self._autoreset = False
+        self._started = False  # reset() called: step() before it raises ResetNeeded
         self._s = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and deep copies leave out the reset thread pool and the step scratch arrays (rebuilt lazily)."""
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        state["_buf"] = None
+        return state
+
     # ---------------------------------------------------------------- reset
-    def _seed(self, seed) -> None:
+    def _new_rngs(self, seed) -> list[np.random.Generator] | None:
+        """The copies' generators for ``reset(seed=seed)`` (None: keep the current ones), before any change."""
         n = self.num_envs
         if seed is None:
-            if self._rngs is None:
-                self._rngs = [seeding.np_random(None)[0] for _ in range(n)]
-            return
-        if isinstance(seed, (int, np.integer)):
+            return [seeding.np_random(None)[0] for _ in range(n)] if self._rngs is None else None
+        if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
             seeds = [int(seed) + i for i in range(n)]
         else:
-            seeds = list(seed)
-            if len(seeds) != n:
+            seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else None
+            if seeds is None or len(seeds) != n:
                 raise ValueError(f"seed must be an int, None or a list of {n} seeds, got {seed!r}")
-        self._rngs = [seeding.np_random(s)[0] for s in seeds]
+        return [seeding.np_random(s)[0] for s in seeds]
 
     def reset(self, *, seed=None, options=None):
-        self._seed(seed)
-        if options:
-            unknown = sorted(set(options) - {"config"})
-            if unknown:
-                raise ValueError(f"unknown reset option(s) {unknown}; allowed: ['config']")
-            if options.get("config") is not None:
-                self.env._reconfigure(options["config"])
-                self._batched = self.setting in _STACK and self.env.table.enabled
+        cfg = reset_config(options)
+        rngs = self._new_rngs(seed)  # every check before anything changes
+        if cfg is not None:
+            self.env._reconfigure(cfg)
+            self._batched = self.setting in _STACK and self.env.table.enabled
+        if rngs is not None:
+            self._rngs = rngs
+        self._started = True
         return self._reset_all()
 
+    def _mask(self) -> np.ndarray:
+        """The all-True ``"_key"`` mask of the copies (shared, read-only)."""
+        if getattr(self, "_ones_n", None) is None or len(self._ones_n) != self.num_envs:
+            self._ones_n = np.ones(self.num_envs, dtype=bool)
+            self._ones_n.flags.writeable = False
+        return self._ones_n
+
     def _reset_all(self):
+        """Start every copy's next episode (from its own generator): ``(obs, info)``, ``info`` as a
+        ``SyncVectorEnv`` lays out the single environments' reset infos."""
         env = self.env
         self._s = 0
         self._autoreset = False
         if not self._batched:
             if self._copies is None or len(self._copies) != self.num_envs or self._copies[0].system is not env.system:
                 self._copies = [copy.copy(env) for _ in range(self.num_envs)]
-            obs = []
-            for c, rng in zip(self._copies, self._rngs):
-                c.env_config = env.env_config
+            obs, infos = [], {}
+            for i, (c, rng) in enumerate(zip(self._copies, self._rngs)):
+                c.env_config, c.floor = env.env_config, env.floor
                 c._np_random = rng
                 c._s = 0
                 c._last = None
                 c._new_episode(rng)
                 c._episode_ready = True
                 obs.append(c._observation())
-            return self._format(np.stack(obs)), {}
+                infos = self._add_info(infos, {"layer": c.layer, "token": c.token}, i)
+            return self._format(np.stack(obs)), infos
         tabs = self._episode_tables_chunked()
         self._topk_e, self._e_ref = tabs["topk_e"], tabs["topk_e"] + env.floor
         self._topk, self._gates, self._probs, self._norms = tabs["topk"], tabs["gates"], tabs["probs"], tabs["norms"]
@@ -141,13 +164,13 @@ class SiftMoEVectorEnv(VectorEnv):
             self._ratio_sum = np.zeros((n, env.n_layers))
         self._ar = np.arange(n)
         self._sums = np.zeros((4, n))  # energy, top-k energy, violations, latency violations
-        if getattr(self, "_ones_n", None) is None or len(self._ones_n) != n:
-            self._ones_n = np.ones(n, dtype=bool)
-            self._ones_n.flags.writeable = False
+        ones = self._mask()
         self._node_onehot = np.zeros((env.n_layers, env.n_experts, env.n_nodes + 1))
         for lay in range(env.n_layers):
             self._node_onehot[lay, np.arange(env.n_experts), env.system.node_of[lay]] = 1.0
-        return self._format(self._observation()), {}
+        info = {"layer": np.full(n, int(self._layers[0]), dtype=np.int64), "_layer": ones,
+                "token": np.zeros(n, dtype=np.int64), "_token": ones}  # the single environment's reset info
+        return self._format(self._observation()), info
 
     RESET_CHUNK = 64
     """Copies whose episodes are built together (keeps the temporaries in cache)."""
@@ -204,8 +227,13 @@ class SiftMoEVectorEnv(VectorEnv):
         return ValueError(f"invalid actions for action_mode={self.env.action_mode!r}: {why}; expected {self.num_envs} stacked elements of {self.single_action_space}, i.e. {self.action_space}")
 
     def _decode_actions(self, actions):
-        """The single environment's action codec over the stacked actions (:mod:`siftmoe_gym.envs.actions`)."""
-        return self.env.action_codec.decode_batch(actions, self.num_envs, self._bad)
+        """The single environment's action codec over the stacked actions (:mod:`siftmoe_gym.envs.actions`):
+        the whole batch is checked (``ValueError``) before anything is served."""
+        try:
+            arr = np.asarray(actions)
+        except (ValueError, TypeError) as exc:  # ragged or otherwise not an array
+            raise self._bad(actions, f"not an array ({exc})") from None
+        return self.env.action_codec.decode_batch(arr, self.num_envs, self._bad)
 
     # ------------------------------------------------------------------ step
     def _serving_static(self):
@@ -269,11 +297,14 @@ class SiftMoEVectorEnv(VectorEnv):
         return len(perm) - (cond * rank).max(axis=0).astype(np.int64), err_s
 
     def step(self, actions):
+        if not self._started:
+            raise ResetNeeded("Cannot call env.step() before calling env.reset()")
         n = self.num_envs
-        if self._autoreset:
-            obs, _ = self._reset_all()
+        if self._autoreset:  # NEXT_STEP autoreset: the actions are not served (checked all the same)
+            self._decode_actions(actions)
+            obs, info = self._reset_all()
             z = np.zeros(n, dtype=bool)
-            return obs, np.zeros(n), z, z.copy(), {}
+            return obs, np.zeros(n), z, z.copy(), info
         if not self._batched:
             return self._step_loop(actions)
         env = self.env
@@ -320,6 +351,7 @@ class SiftMoEVectorEnv(VectorEnv):
             else:  # the single environment's sum over the slots
                 err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
             assignment = tab.assign[idx]
+            computed = np.take(tab.computed, idx, axis=0)
         elif kind == "nodes":
             # paid activation: every node of the action is paid and its latency counts; the slots are
             # served by the compute energy e_c |C| (plus, in P3, the weighted error)
@@ -347,6 +379,7 @@ class SiftMoEVectorEnv(VectorEnv):
             else:
                 err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
             assignment = tab.assign[idx]
+            computed = np.take(tab.computed, idx, axis=0)
         else:
             if kind == "experts":
                 usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
@@ -370,7 +403,7 @@ class SiftMoEVectorEnv(VectorEnv):
         violation = ~within_budget(err, eps)
         info = {
             "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
-            "violation": violation, "latency_violation": lat, "assignment": assignment,
+            "violation": violation, "latency_violation": lat, "assignment": assignment, "computed": computed,
             "nodes_used": used, "activated_nodes": active, "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": np.full(n, layer), "token": np.full(n, s // env.n_layers),
         }
@@ -396,50 +429,40 @@ class SiftMoEVectorEnv(VectorEnv):
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
             reward = reward + r_avg
+        ones = self._mask()
+        e, et, nv, nl = self._sums  # the episode's metrics so far (the whole episode's on its last step)
         if terminated:
-            self._episode_metrics(info)
-        ones = self._ones_n
+            add_episode_metrics_batch(info, e, et, nv, nl, self._tokens_per_ep, self._n_steps, ones)
+        else:
+            add_episode_metrics_batch(info, e, et, nv, nl, self._s / env.n_layers, self._s, ones)
         for key in list(info):
             info["_" + key] = ones
-        self._autoreset = terminated
+        truncated = self._truncated()
+        self._autoreset = terminated or truncated
         obs = self._format(self._observation())
-        return obs, reward, np.full(n, terminated), np.zeros(n, dtype=bool), info
+        return obs, reward, np.full(n, terminated), np.full(n, truncated), info
 
-    def _episode_metrics(self, info) -> None:
-        """The single environment's episode-end metrics, per copy (:mod:`siftmoe_gym.envs.metrics`)."""
-        e, et, nv, nl = self._sums
-        add_episode_metrics_batch(info, e, et, nv, nl, self._tokens_per_ep, self._n_steps)
+    def _truncated(self) -> bool:
+        """Whether ``max_episode_steps`` ends the episode at the step just taken (``TimeLimit``'s test)."""
+        return self.max_episode_steps is not None and self._s >= self.max_episode_steps
 
     def _step_loop(self, actions):
+        """Copies stepped one after the other (Prefill, systems too large for the table), after the whole
+        batch has been checked."""
         n = self.num_envs
         env = self.env
-        if env.action_mode == "discrete":
-            arr = np.asarray(actions)
-            if arr.shape != (n,):
-                raise self._bad(actions, f"shape {arr.shape} != ({n},)")
-        else:
-            arr = np.asarray(actions)
-            if arr.ndim < 1 or arr.shape[0] != n:
-                raise self._bad(actions, f"leading dimension {arr.shape[:1]} != ({n},)")
+        self._decode_actions(actions)  # raises before any copy moves
+        arr = np.asarray(actions)
         obs, rew, term, infos = [], np.zeros(n), np.zeros(n, dtype=bool), {}
         for i, c in enumerate(self._copies):
             o, r, te, _, inf = c.step(arr[i])
             obs.append(o if env.obs_mode == "flat" else np.concatenate([o[k] for k in env.obs_slices]))
             rew[i], term[i] = r, te
-            for key, val in inf.items():
-                if key not in infos:
-                    infos[key] = [None] * n
-                infos[key][i] = val
-        out = {}
-        for key, vals in infos.items():
-            try:
-                out[key] = np.stack([np.asarray(v) for v in vals])
-            except ValueError:
-                out[key] = np.array(vals, dtype=object)
-            out["_" + key] = np.ones(n, dtype=bool)
+            infos = self._add_info(infos, inf, i)  # exactly SyncVectorEnv's layout
         self._s += 1
-        self._autoreset = bool(term.all())
-        return self._format(np.stack(obs)), rew, term, np.zeros(n, dtype=bool), out
+        truncated = self._truncated()
+        self._autoreset = bool(term.all()) or truncated
+        return self._format(np.stack(obs)), rew, term, np.full(n, truncated), infos
 
     # --------------------------------------------------------------- extras
     def close_extras(self, **kwargs):
