@@ -38,7 +38,7 @@ from .policy import AgentPolicy
 from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
-    atomic_save_model, atomic_write_json, claim_run_dir, latest_run_dir, remove_stale_tmp, resolve_model_path, resumable,
+    atomic_save_model, atomic_write_json, claim_run_dir, model_metadata, latest_run_dir, remove_stale_tmp, resolve_model_path, resumable,
     run_dirs, slug,
 )
 
@@ -470,9 +470,9 @@ def evaluate_saved(
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "--episodes" else 0)):
             raise AgentConfigError(f"{name} must be an integer >= {1 if name == '--episodes' else 0}, got {v!r}")
     path = resolve_model_path(model_path)
+    env_id = model_metadata(path)["env_id"]
+    check_baselines(baselines, env_setting(env_id), env_id)  # before loading anything
     model, meta = load_agent(path, device)
-    env_id = meta["env_id"]
-    check_baselines(baselines, env_setting(env_id), env_id)
     env = make_env(env_id, meta.get("env_kwargs") or {})
     check_spaces(model, env, path, env_id)
     if episodes is None and eval_seed_base is None and meta.get("eval_seeds"):

@@ -275,6 +275,8 @@ def test_evaluate_refuses_a_model_trained_for_other_spaces(tmp_path, capsys):
     assert not (tmp_path / "ev").exists() and not (tmp_path / "evaluate_model").exists()
     rc = main(["evaluate", "--model", str(path), "--eval-seed", "-3"])
     _one_line_error(capsys, rc, "train.py", "--eval-seed must be >= 0")
+    rc = main(["evaluate", "--model", str(path), "--baselines", "siftmoe", "dpp"])
+    _one_line_error(capsys, rc, "train.py", "'dpp' do(es) not apply to siftmoe_gym/DecodeDiscrete-v0")
 
 
 # ------------------------------------------------------------------ ray_sweep and rllib command lines
