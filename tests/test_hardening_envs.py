@@ -121,7 +121,12 @@ def test_max_episode_steps_truncates_as_sync_time_limit(env_id, limit):
     cfg = _cfg(env_id)
     n = 2
     native = gym.make_vec(env_id, n, vectorization_mode="vector_entry_point", config=cfg, max_episode_steps=limit)
-    sync = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, config=cfg, max_episode_steps=limit)] * n)
+    # Gymnasium's own TimeLimit (importing rl_zoo3 replaces gymnasium.wrappers.TimeLimit process-wide by a
+    # subclass with gym 0.21's semantics, so the reference is built with the class itself)
+    time_limit = gym.wrappers.TimeLimit
+    while time_limit.__module__ != "gymnasium.wrappers.common":
+        time_limit = time_limit.__bases__[0]
+    sync = gym.vector.SyncVectorEnv([lambda: time_limit(gym.make(env_id, config=cfg), limit)] * n)
     _assert_same(native.reset(seed=3), sync.reset(seed=3), "reset")
     rng = np.random.default_rng(1)
     saw_trunc = False
