@@ -37,6 +37,7 @@ import numpy as np
 
 from siftmoe_gym.bounds import within_budget
 from siftmoe_gym.envs.episodes import draw_raw
+from siftmoe_gym.envs.rewards import worst_accuracy_penalty
 from siftmoe_gym.serving import ServingTable, err_table, solve_decode
 
 DEFAULT_SAMPLES = 256
@@ -62,12 +63,14 @@ class RewardModel:
         return cls(float(u.floor), float(cfg["penalty"]), float(cfg["penalty_latency"]), float(u._tau),
                    float(u.system.config.eps_max_factor), float(u.compute_cost))
 
-    def step_rewards(self, energy, topk_energy, err, lat, eps_div):
-        """Step reward ``r_e + r_a + r_l`` of decisions (arrays broadcast), exactly as the environment computes it."""
+    def step_rewards(self, energy, topk_energy, err, lat, eps_div, err_worst):
+        """Step reward ``r_e + r_a + r_l`` of decisions (arrays broadcast), as :func:`siftmoe_gym.envs.rewards.reward_terms`
+        computes it with the per-token cap as threshold; ``err_worst``: the largest error bound of the step."""
         cap = self.cap_factor * eps_div
         r_e = -(energy + self.floor) / (topk_energy + self.floor)
         r_a = np.where(within_budget(err, cap), 0.0, -self.penalty * (1.0 + (err - cap) / eps_div))
-        r_l = np.where(lat > 0.0, -self.penalty_latency * (1.0 + lat / self.tau), 0.0)
+        r_l = np.where(lat > 0.0, -self.penalty_latency * (1.0 + lat / self.tau)
+                       - worst_accuracy_penalty(err_worst, cap, eps_div, self.penalty), 0.0)
         return r_e + r_a + r_l
 
 
@@ -109,17 +112,18 @@ class DecisionSets:
         eps_div = max(float(self.system.budgets[layer]), 1e-12)
         e_topk = self._topk_energy(layer, topk, cost)
         dk = self.system.delta_ext[layer][topk]  # (B, k, N+1)
+        worst = (gates * self.system.delta_ext[layer].max(axis=1)[topk]).sum(axis=-1)  # (B,): the env's err_worst
         tab = self.table
         if tab.enabled:
             err = err_table(gates[..., None] * dk)  # (B, C)
             nodes = tab.nodes[layer]  # (C, M+1)
             energy = np.where(nodes[None], cost[:, None, :], 0.0).sum(axis=-1) + self.rm.compute_cost * tab.count
             lat = np.where(nodes[None], viol[:, None, :], 0.0).max(axis=-1)
-            rew = self.rm.step_rewards(energy, e_topk[:, None], err, lat, eps_div)
+            rew = self.rm.step_rewards(energy, e_topk[:, None], err, lat, eps_div, worst[:, None])
             return Candidates(rew, err / eps_div, tab.assign)
-        return self._ladder(layer, gates, topk, cost, feas, viol, e_topk, eps_div)
+        return self._ladder(layer, gates, topk, cost, feas, viol, e_topk, eps_div, worst)
 
-    def _ladder(self, layer, gates, topk, cost, feas, viol, e_topk, eps_div) -> Candidates:
+    def _ladder(self, layer, gates, topk, cost, feas, viol, e_topk, eps_div, worst) -> Candidates:
         from siftmoe_gym.instances import DecodeInstance
 
         sysm = self.system
@@ -138,7 +142,8 @@ class DecisionSets:
             for j, c in enumerate(levels):
                 sol = solve_decode(inst, cap=float(c))
                 r = inst.evaluate(sol.assignment)
-                rew[i, j] = self.rm.step_rewards(r.energy_j, e_topk[i], r.error_bound, r.latency_violation_s, eps_div)
+                rew[i, j] = self.rm.step_rewards(r.energy_j, e_topk[i], r.error_bound, r.latency_violation_s, eps_div,
+                                                 worst[i])
                 ratio[i, j] = r.error_bound / eps_div
                 assign[i, j] = sol.assignment
         return Candidates(rew, ratio, assign)

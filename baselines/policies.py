@@ -179,7 +179,11 @@ class RandomWithinBudget(Policy):
 class SiftMoE(Policy):
     """The optimal policy for the environment's setting.
 
-    - decode: the exact P1 optimum (:func:`siftmoe_gym.serving.solve_decode`);
+    - decode: the exact P1 optimum (:func:`siftmoe_gym.serving.solve_decode`); on a token where no
+      latency-feasible decision meets the budget, the latency-feasible decision the environment's reward
+      prefers (least ``E / (E_topk + f) + penalty * err / eps``: P1's least-error decision unless a cheaper
+      one costs less than its extra error), so every step's reward is the highest any decision gets
+      (``docs/model.md`` section 8; a bare instance without an environment keeps P1's least-error rule);
     - prefill: the exact P2 optimum of the current layer's block
       (``prefill="exact"``, integer program) or the fast best-response policy
       (``prefill="fast"``), solved once per block and layer and replayed
@@ -252,6 +256,8 @@ class SiftMoE(Policy):
                 self._block, self._block_key = block, key
             self._last_t = t
             return self._plan.assignment[t].copy()
+        if setting == "decode":
+            return self._decide_decode(env)
         if setting == "fastfading":
             dp = self.dynamic_program()
             inst = env.instance
@@ -263,6 +269,21 @@ class SiftMoE(Policy):
         return self.decide_instance(env.instance)
 
     _last_t = -1
+
+    def _decide_decode(self, env) -> np.ndarray:
+        inst = env.instance
+        sol = solve_decode(inst)
+        cfg = getattr(env, "env_config", None)
+        if not sol.within_budget and cfg is not None:
+            # every latency-feasible decision is over the budget, where the reward is
+            # const - (E + f) / (E_topk + f) - penalty * err / eps: take its best
+            floor = float(getattr(env, "floor", 0.0))
+            penalty = float(cfg["penalty"])
+            e_ref = float(env.topk_energy) + floor
+            sol = solve_decode(inst, cap=np.inf, energy_weight=1.0 / max(e_ref, 1e-300),
+                               error_weight=penalty / max(float(inst.budget), 1e-12))
+        self.last_solution = sol
+        return sol.assignment
 
 
 class DriftPlusPenalty(Policy):

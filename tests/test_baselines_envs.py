@@ -28,7 +28,8 @@ def test_policies_run_on_env(env_id):
         for _ in range(12):
             if name == "siftmoe" and env.unwrapped.setting == "decode":
                 best = solve_decode(env.unwrapped.instance)
-                np.testing.assert_array_equal(pol.decide(), best.assignment)
+                if best.within_budget:  # else the reward's choice among over-budget decisions (test_certified)
+                    np.testing.assert_array_equal(pol.decide(), best.assignment)
             action = pol.act(obs, info)
             assert env.action_space.contains(action), (name, action)
             obs, r, term, trunc, info = env.step(action)

@@ -280,6 +280,7 @@ def test_infeasible_activated_node_violates_latency_even_unused(env_id):
     assert info["latency_violation"] == pytest.approx(inst.node_violation_s[4], rel=1e-12)
     assert info["energy_j"] == pytest.approx(inst.node_cost[4], rel=1e-12)
     tau = u._tau
+    # eps_abs = 1e6: no decision can break the budget, so no worst accuracy penalty is added
     assert info["reward_latency"] == pytest.approx(-50.0 * (1.0 + info["latency_violation"] / tau), rel=1e-12)
     if u.setting == "prefill":
         assert info["loads"][4] == 1  # the activated node received the token
@@ -297,7 +298,10 @@ def test_latency_term_and_its_default():
         inst = u.instance
         _, r, done, _, info = env.step(u.encode_action(inst.topk))
         lat = info["latency_violation"]
-        expect = -7.0 * (1.0 + lat / u._tau) if lat > 0 else 0.0
+        # plus the worst accuracy penalty the token can reach, so latency always ranks first
+        worst = float((inst.gates * inst.delta_ext[inst.topk].max(axis=1)).sum())
+        a_worst = 10.0 * (1.0 + (worst - inst.budget) / inst.budget) if worst > inst.budget else 0.0
+        expect = -7.0 * (1.0 + lat / u._tau) - a_worst if lat > 0 else 0.0
         assert info["reward_latency"] == pytest.approx(expect, rel=1e-12)
         assert r == pytest.approx(info["reward_energy"] + info["reward_accuracy"] + info["reward_latency"], rel=1e-12)
         seen[lat > 0] = True

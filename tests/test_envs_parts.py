@@ -67,9 +67,11 @@ def test_reward_terms_batch_matches_single():
     err = rng.uniform(0, 0.4, n)
     lat = np.where(rng.random(n) < 0.3, rng.uniform(0, 1e-3, n), 0.0)
     thr, eps = 0.2, 0.15
-    batch = reward_terms_batch(energy, ref, err, thr, eps, lat, 2e-6, 10.0, 50.0, 2e-3)
+    worst = err + rng.uniform(0, 0.4, n)
+    batch = reward_terms_batch(energy, ref, err, thr, eps, lat, 2e-6, 10.0, 50.0, 2e-3, worst)
     for i in range(n):
-        single = reward_terms(float(energy[i]), float(ref[i]), float(err[i]), thr, eps, float(lat[i]), 2e-6, 10.0, 50.0, 2e-3)
+        single = reward_terms(float(energy[i]), float(ref[i]), float(err[i]), thr, eps, float(lat[i]), 2e-6, 10.0, 50.0,
+                              2e-3, float(worst[i]))
         assert single == tuple(x[i].item() for x in batch)
     ratios = rng.uniform(0.5, 1.5, (5, 4))
     np.testing.assert_array_equal(average_penalty(ratios, 32, 10.0),

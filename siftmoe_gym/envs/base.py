@@ -178,6 +178,8 @@ class SiftMoEEnv(gym.Env):
         cfg = sysm.config
         self.n_experts, self.top_k, self.n_layers, self.n_nodes = cfg.num_experts, cfg.top_k, cfg.num_layers, cfg.num_nodes
         self.compute_cost = float(cfg.compute_energy_j)
+        # per layer and expert, the largest dissimilarity to any server (or the skip cost): the worst error rows
+        self._worst_row = np.ascontiguousarray(sysm.delta_ext.max(axis=2))  # (L, N)
         self.floor = self._reward_floor()
         self.table = ServingTable(sysm)
         self.budgets = np.asarray(sysm.budgets, dtype=np.float64)
@@ -331,6 +333,11 @@ class SiftMoEEnv(gym.Env):
 
     def _topk_energy(self, s: int, cost: np.ndarray) -> float:
         return float(np.where(self._topk_used[s], cost, 0.0).sum() + self.compute_cost * self._topk_count[s])
+
+    def _worst_error(self, s: int) -> float:
+        """The largest error bound any decision can reach at step ``s``: ``sum_i g_i max_j Delta_ext[i, j]``
+        (the reward's ``err_worst``, :mod:`~siftmoe_gym.envs.rewards`)."""
+        return float((self._gates[s] * self._worst_row[int(self._layers[s])][self._topk[s]]).sum())
 
     def _make_instance(self, cost, feas, viol, budget: float | None = None) -> DecodeInstance:
         s, layer = self._s, self.layer

@@ -80,8 +80,9 @@ class FastFadingEnv(SiftMoEEnv):
     ## Rewards
 
     Per step ``r = -(E + f) / (E_topk + f) - [err > eps_max] * penalty * (1 + (err - eps_max) / eps_l)
-    - [latency_violation > 0] * penalty_latency * (1 + latency_violation / tau)``
-    (defaults 10 and 50; no per-step penalty between
+    - [latency_violation > 0] * (penalty_latency * (1 + latency_violation / tau) + a_worst)``
+    (defaults 10 and 50; ``a_worst`` the cap penalty of the token's worst decision, so a latency
+    violation costs more than any cap violation, :mod:`siftmoe_gym.envs.rewards`; no per-step penalty between
     ``eps_l`` and the cap: a per-step penalty above ``eps_l`` would forbid the
     flexibility the average constraint gives).  At the last step the episode's
     average excess is charged once:
@@ -123,6 +124,9 @@ class FastFadingEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): a latency violation also pays the accuracy penalty of the token's worst
+      decision, so the reward ranks latency before accuracy at every budget (before, at very tight budgets,
+      top-k's latency violations could score better than the optimum's accuracy violations).
     - v0 (unreleased revision): node-set actions pay every activated node
       (used or not) and its latency violation; the latency term became
       ``penalty_latency * (1 + violation / tau)`` with default 50.
@@ -278,7 +282,8 @@ class FastFadingEnv(SiftMoEEnv):
         e_topk = float(self._topk_e[s])
         cfg = self.env_config
         r_e, r_a, r_l, cap_violation = reward_terms(res["energy"], e_topk, res["err"], cap, float(self._eps_div[layer]),
-                                                    res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau)
+                                                    res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau,
+                                                    self._worst_error(s) if res["lat"] > 0.0 else 0.0)
         ratio = res["err"] / float(self._eps_div[layer])
         self.queue[layer] = max(self.queue[layer] + ratio - 1.0, 0.0)
         self._ratio_sum[layer] += ratio

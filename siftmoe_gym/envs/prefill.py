@@ -74,8 +74,9 @@ class PrefillEnv(SiftMoEEnv):
     ## Rewards
 
     ``r = -(dE + f) / (Ebar_l + f) - [err > eps_l] * penalty * (1 + (err - eps_l) / eps_l)
-    - [d_violation > 0] * penalty_latency * (1 + d_violation / tau_p)``
-    (defaults 10 and 50), where ``dE`` is the step's
+    - [d_violation > 0] * (penalty_latency * (1 + d_violation / tau_p) + a_worst)``
+    (defaults 10 and 50; ``a_worst`` the accuracy penalty of the token's worst decision, so a latency
+    violation costs more than any accuracy violation, :mod:`siftmoe_gym.envs.rewards`), where ``dE`` is the step's
     marginal energy (marginal costs of the activated nodes plus ``e_c`` per computed expert),
     ``Ebar_l`` top-k's block energy at this layer divided by ``T`` (a constant
     per layer and episode) and ``d_violation`` the increase of the block's
@@ -122,6 +123,9 @@ class PrefillEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): a latency violation also pays the accuracy penalty of the token's worst
+      decision, so the reward ranks latency before accuracy at every budget (before, at very tight budgets,
+      top-k's latency violations could score better than the optimum's accuracy violations).
     - v0 (unreleased revision): node-set actions load and pay every activated
       node (used or not) and its latency overrun; the latency term became
       ``penalty_latency * (1 + d_violation / tau_p)`` with default 50.
@@ -245,7 +249,8 @@ class PrefillEnv(SiftMoEEnv):
         e_bar = float(self._e_bar[layer])
         cfg = self.env_config
         r_e, r_a, r_l, violation = reward_terms(res["energy"], e_bar, res["err"], eps, float(self._eps_div[layer]),
-                                                res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau)
+                                                res["lat"], self.floor, cfg["penalty"], cfg["penalty_latency"], self._tau,
+                                                self._worst_error(s) if res["lat"] > 0.0 else 0.0)
         reward = r_e + r_a + r_l
         self._loads = self._loads + res["active"]  # every activated node receives the token (paid)
         self._block_viol += res["lat"]

@@ -7,7 +7,8 @@ One step's reward is the sum of three terms (``docs/model.md`` section 8,
 
     r_energy   = -(E + f) / (E_ref + f)
     r_accuracy = -penalty * (1 + (err - thr) / eps)            if err > thr (up to the budget test), else 0
-    r_latency  = -penalty_latency * (1 + violation / tau)       if violation > 0, else 0
+    r_latency  = -penalty_latency * (1 + violation / tau) - a_worst      if violation > 0, else 0
+    a_worst    = penalty * (1 + (err_worst - thr) / eps)     if err_worst > thr, else 0
 
 - ``E``: the step's energy (J); ``E_ref``: the reference energy, top-k's
   on the same token and channels (Decode, FastFading) or top-k's block
@@ -21,9 +22,12 @@ One step's reward is the sum of three terms (``docs/model.md`` section 8,
   fixed part, so any violation costs more than any energy saving.  The test
   is :func:`siftmoe_gym.bounds.within_budget`.
 - ``violation``: the step's latency violation (s), ``tau`` the setting's
-  latency budget; a latency violation (a hard constraint in P1) costs at
-  least ``penalty_latency`` (default 50), more than the accuracy penalty
-  typically reaches.
+  latency budget; ``err_worst = sum_i g_i max_j Delta_{i,j}`` (``j`` over the
+  experts and skip) the largest error bound any decision of the step can
+  reach, so ``a_worst`` is the largest accuracy penalty the step can incur.
+  A latency violation (a hard constraint in P1) therefore costs more than
+  any accuracy violation of the same token, at any budget: the reward ranks
+  latency first, as P1 does.
 
 FastFading adds at the episode's end the average term of P3 (section 6: the
 accuracy penalty belongs to the average):
@@ -41,26 +45,35 @@ import numpy as np
 from ..bounds import within_budget
 
 
+def worst_accuracy_penalty(err_worst, thr, eps, penalty):
+    """``a_worst`` of the module docstring (scalars or arrays): the accuracy penalty of the step's worst decision."""
+    return np.where(within_budget(err_worst, thr), 0.0, penalty * (1.0 + (err_worst - thr) / eps))
+
+
 def reward_terms(energy: float, ref_energy: float, err: float, thr: float, eps: float, lat: float, floor: float,
-                 penalty: float, penalty_latency: float, tau: float) -> tuple[float, float, float, bool]:
+                 penalty: float, penalty_latency: float, tau: float, err_worst: float) -> tuple[float, float, float, bool]:
     """``(r_energy, r_accuracy, r_latency, over)`` of one step (module docstring); ``over``: whether
-    ``err`` exceeds ``thr`` (the accuracy term applies)."""
+    ``err`` exceeds ``thr`` (the accuracy term applies).  ``err_worst`` is read only when ``lat > 0``."""
     r_e = -(energy + floor) / (ref_energy + floor)
     over = not within_budget(err, thr)
     r_a = -penalty * (1.0 + (err - thr) / eps) if over else 0.0
-    r_l = -penalty_latency * (1.0 + lat / tau) if lat > 0.0 else 0.0
+    if lat > 0.0:
+        r_l = -penalty_latency * (1.0 + lat / tau) - float(worst_accuracy_penalty(err_worst, thr, eps, penalty))
+    else:
+        r_l = 0.0
     return r_e, r_a, r_l, over
 
 
 def reward_terms_batch(energy: np.ndarray, ref_energy: np.ndarray, err: np.ndarray, thr: float, eps: float,
                        lat: np.ndarray, floor: float, penalty: float, penalty_latency: float,
-                       tau: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                       tau: float, err_worst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`reward_terms` over copies (arrays (n,); ``thr`` and ``eps`` shared): ``(r_energy, r_accuracy,
     r_latency, over)``, elementwise the single step's numbers."""
     r_e = -(energy + floor) / (ref_energy + floor)
     ok = within_budget(err, thr)
     r_a = np.where(ok, 0.0, -penalty * (1.0 + np.maximum(err - thr, 0.0) / eps))
-    r_l = np.where(lat > 0.0, -penalty_latency * (1.0 + lat / tau), 0.0)
+    r_l = np.where(lat > 0.0, -penalty_latency * (1.0 + lat / tau) - worst_accuracy_penalty(err_worst, thr, eps, penalty),
+                   0.0)
     return r_e, r_a, r_l, ~ok
 
 

@@ -397,8 +397,9 @@ class SiftMoEVectorEnv(VectorEnv):
             active = used
             lat = np.where(used, viol, 0.0).max(axis=1)
         pen = env.env_config["penalty"]
+        worst = (gates * env._worst_row[layer][self._topk[:, s]]).sum(axis=1)
         r_e, r_a, r_l, over = reward_terms_batch(energy, e_topk, err, cap, eps_d, lat, env.floor, pen,
-                                                 env.env_config["penalty_latency"], env._tau)
+                                                 env.env_config["penalty_latency"], env._tau, worst)
         reward = r_e + r_a + r_l
         violation = ~within_budget(err, eps)
         info = {
