@@ -330,3 +330,22 @@ def test_accuracy_term_has_a_fixed_part(env_id):
         assert bool(info["violation"]) == over
         seen[over] = True
     assert seen[True]
+
+
+def test_human_render_mode_needs_the_render_extra(monkeypatch):
+    """render_mode="human" draws the rgb frame in a pygame window after every reset and step; without pygame,
+    gym.make says which extra to install (before anything is built)."""
+    try:
+        import pygame  # noqa: F401
+    except ImportError:
+        with pytest.raises(gym.error.DependencyNotInstalled, match=r"\.\[render\]"):
+            gym.make("siftmoe_gym/Decode-v0", render_mode="human")
+        return
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    env = gym.make("siftmoe_gym/Decode-v0", render_mode="human", config={"episode_tokens": 2})
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    assert env.render() is None and env.unwrapped._window.screen is not None
+    env.close()
+    assert env.unwrapped._window.screen is None

@@ -55,7 +55,7 @@ from .observations import (
 )
 
 SETTINGS = ("decode", "prefill", "fastfading")
-RENDER_MODES = ("ansi", "rgb_array")
+RENDER_MODES = ("ansi", "rgb_array", "human")
 
 
 class SiftMoEEnv(gym.Env):
@@ -97,6 +97,19 @@ class SiftMoEEnv(gym.Env):
             raise ValueError(f"invalid obs_mode={obs_mode!r}: must be one of {OBS_MODES}")
         if render_mode is not None and render_mode not in RENDER_MODES:
             raise ValueError(f"invalid render_mode={render_mode!r}: must be None or one of {RENDER_MODES}")
+        self._window = None
+        if render_mode == "human":  # a pygame window drawn after every reset and step (fails here without pygame)
+            from .rendering import HumanWindow
+
+            self._window = HumanWindow(self.metadata["render_fps"])
+            cls_step = self.step
+
+            def step_and_draw(action):
+                out = cls_step(action)
+                self.render()
+                return out
+
+            self.step = step_and_draw
         defaults = self.default_config()
         overrides: dict[str, Any] = {}
         if penalty is not None:
@@ -420,17 +433,32 @@ class SiftMoEEnv(gym.Env):
         self._last = None
         self._new_episode(self.np_random)
         self._episode_ready = True
-        return self._format_obs(self._observation()), {"layer": self.layer, "token": self.token}
+        out = self._format_obs(self._observation()), {"layer": self.layer, "token": self.token}
+        if self.render_mode == "human":
+            self.render()
+        return out
 
     def render(self):
+        """``"ansi"``: a text table; ``"rgb_array"``: the frame of :func:`~siftmoe_gym.envs.rendering.render_rgb`;
+        ``"human"``: that frame in a pygame window (drawn after every reset and step; needs the ``render`` extra)."""
         if self.render_mode is None:
-            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'rgb_array' to gym.make")
+            gym.logger.warn("render() called without a render_mode; pass render_mode='ansi', 'rgb_array' or 'human' "
+                            "to gym.make")
             return None
         from . import rendering
 
         if self.render_mode == "ansi":
             return rendering.render_ansi(self)
-        return rendering.render_rgb(self)
+        frame = rendering.render_rgb(self)
+        if self.render_mode == "human":
+            self._window.show(frame)
+            return None
+        return frame
+
+    def close(self):
+        if getattr(self, "_window", None) is not None:
+            self._window.close()
+        super().close()
 
     # ---------------------------------------------------------- to override
     @property

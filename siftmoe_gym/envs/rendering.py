@@ -174,8 +174,10 @@ class HumanWindow:
         try:
             import pygame
         except ImportError:
-            raise ImportError('render_mode="human" needs pygame: pip install -e ".[render]" (or pip install pygame); '
-                              'render_mode="rgb_array" and "ansi" need nothing more') from None
+            from gymnasium.error import DependencyNotInstalled
+
+            raise DependencyNotInstalled('render_mode="human" needs pygame: pip install -e ".[render]" (or pip install '
+                                         'pygame); render_mode="rgb_array" and "ansi" need nothing more') from None
         self.pygame = pygame
         self.fps = int(fps)
         self.screen = None
