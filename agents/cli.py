@@ -65,7 +65,7 @@ def train_parser() -> argparse.ArgumentParser:
                         "exceeds the optimum's on the same episodes by at most this (default 0.01)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: small MLP policies train fastest on one thread, and a second thread "
-                        "on busy cores made training many times slower)")
+                        "on two busy cores made training about twice as slow)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true",
                    help="the main job: PPO on Decode-v0 for 819,200 steps (ten evaluation lines), then the comparison "

@@ -55,7 +55,7 @@ QUICK = {
 and how far it gets from the optimum."""
 DEFAULT_THREADS = 1
 """Torch threads of a run unless asked: small MLP policies train fastest on one thread, and a second one on
-busy cores made the main job many times slower (docs/training.md)."""
+busy cores made training about twice as slow (docs/training.md)."""
 
 
 @dataclass
