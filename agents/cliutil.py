@@ -1,4 +1,4 @@
-"""What every command line of the project shares: bad input is one line ``<prog>: error: ...``, exit status 2.
+"""The agents' command lines on :mod:`siftmoe_gym.cli`: bad input is one line ``<prog>: error: ...``, exit status 2.
 
 :class:`OneLineParser` is an ``argparse.ArgumentParser`` whose errors raise :class:`UsageError` instead of
 printing the usage and exiting; :func:`run_main` runs a command's body and turns :class:`UsageError` and
@@ -9,44 +9,17 @@ any slow work (building environments, starting Ray, training).
 
 from __future__ import annotations
 
-import argparse
-import sys
 from typing import Callable
+
+from siftmoe_gym.cli import OneLineParser, UsageError, at_least, one_line  # noqa: F401  (re-exported)
+from siftmoe_gym.cli import run_main as _run_main
 
 from .algos import AgentConfigError
 from .ray_utils import RayUnavailable
 
 
-class UsageError(Exception):
-    """A bad command-line value: printed as one line ``<prog>: error: ...``, exit status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """``argparse`` parser whose errors raise :class:`UsageError` (argparse prints usage + message otherwise)."""
-
-    def error(self, message: str):
-        raise UsageError(message)
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line."""
-    return " ".join(str(exc).split())
-
-
 def run_main(prog: str, body: Callable[[], int], interrupted: str = "interrupted") -> int:
-    """``body()``, with bad input as one line ``<prog>: error: ...`` on stderr and status 2, and Ctrl-C as
-    ``<prog>: <interrupted>`` and status 130."""
-    try:
-        return body()
-    except (UsageError, AgentConfigError, RayUnavailable) as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: {interrupted}", file=sys.stderr)
-        return 130
-
-
-def at_least(name: str, value, low) -> None:
-    """:class:`UsageError` naming the option ``name`` unless ``value`` is ``None`` or ``>= low``."""
-    if value is not None and value < low:
-        raise UsageError(f"{name} must be >= {low}, got {value}")
+    """``body()``, with bad input (:class:`UsageError`, :class:`~agents.algos.AgentConfigError`,
+    :class:`~agents.ray_utils.RayUnavailable`) as one line ``<prog>: error: ...`` on stderr and status 2, and
+    Ctrl-C as ``<prog>: <interrupted>`` and status 130."""
+    return _run_main(prog, body, interrupted, errors=(AgentConfigError, RayUnavailable))

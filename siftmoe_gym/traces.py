@@ -25,7 +25,6 @@ torch and transformers are imported only when extraction runs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -178,38 +177,80 @@ def extract_trace(
     return trace
 
 
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+PROG = "python -m siftmoe_gym.traces"
+
+
+def _check_extract_args(args) -> None:
+    """Every option checked before anything loads (:class:`siftmoe_gym.cli.UsageError` naming the option)."""
+    from .cli import UsageError, at_least
+
+    for name, low in (("--tokens", 1), ("--calibration-tokens", 1), ("--window", 2), ("--batch-size", 1),
+                      ("--threads", 1)):
+        at_least(name, getattr(args, name[2:].replace("-", "_")), low)
+    if not (0.0 < args.quantile <= 1.0):
+        raise UsageError(f"--quantile must be in (0, 1], got {args.quantile}")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}")
+    text = Path(args.text)
+    if not text.is_file():
+        raise UsageError(f"--text: no such file: {args.text}")
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".npz"):
+        raise UsageError(f"--out must end in .safetensors or .npz, got {args.out!r}")
+    if out.is_dir():
+        raise UsageError(f"--out is a folder: {args.out}")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"--out: {out.parent} is not a folder")
+    model = Path(args.model)
+    if model.exists():
+        if not (model / "config.json").is_file():
+            raise UsageError(f"--model: {args.model} has no config.json (not a transformers checkpoint folder)")
+    elif args.model.startswith((".", "/", "~")) or args.model.count("/") != 1:
+        raise UsageError(f"--model: no such folder, and not a hub id of the form org/name: {args.model!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m siftmoe_gym.traces", description="Trace tools for real MoE models.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    from .cli import OneLineParser, UsageError, run_main
+    from .tracefile import TraceError
+
+    ap = OneLineParser(prog=PROG, description="Trace tools for real MoE models.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     e = sub.add_parser("extract", help="extract a trace (router scores, top-k, norms, Delta, sigma) from a model")
-    e.add_argument("--model", required=True, help="local checkpoint folder or hub id")
+    e.add_argument("--model", required=True, help="local checkpoint folder (with config.json) or hub id org/name")
     e.add_argument("--text", required=True, help="UTF-8 text file to run the model on")
-    e.add_argument("--tokens", type=int, required=True, help="tokens to record")
+    e.add_argument("--tokens", type=int, required=True, help="tokens to record (>= 1)")
     e.add_argument("--out", required=True, help="output trace (.safetensors or .npz)")
-    e.add_argument("--quantile", type=float, default=0.99, help="q of the Delta/sigma estimate (1.0 = max)")
+    e.add_argument("--quantile", type=float, default=0.99, help="q of the Delta/sigma estimate, in (0, 1] (1.0 = max)")
     e.add_argument("--calibration-tokens", type=int, default=None, help="hidden states per layer for Delta/sigma")
     e.add_argument("--window", type=int, default=None, help="tokens per sequence (default min(max_pos, 256))")
     e.add_argument("--batch-size", type=int, default=8)
-    e.add_argument("--dtype", default=None, help="torch dtype to load the model in (e.g. bfloat16)")
+    e.add_argument("--dtype", default=None, help=f"torch dtype to load the model in: {', '.join(DTYPES)}")
     e.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    args = ap.parse_args(argv)
 
-    import torch
+    def body() -> int:
+        args = ap.parse_args(argv)
+        _check_extract_args(args)
+        import torch
 
-    from .hf.loading import load_moe_model
+        from .hf.loading import load_moe_model
 
-    if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    model, tok = load_moe_model(args.model, dtype=dtype)
-    text = Path(args.text).read_text(encoding="utf-8", errors="replace")
-    trace = extract_trace(model, tok, text, args.tokens, quantile=args.quantile,
-                          calibration_tokens=args.calibration_tokens, window=args.window,
-                          batch_size=args.batch_size, model_name=str(args.model))
-    path = save_trace(trace, args.out)
-    print(f"wrote {path}: T={trace.num_tokens} L={trace.num_layers} N={trace.num_experts} k={trace.top_k} "
-          f"d={trace.hidden_size} gate_mode={trace.extra['gate_mode']} q={trace.quantile}")
-    return 0
+        dtype = getattr(torch, args.dtype) if args.dtype else None
+        try:
+            model, tok = load_moe_model(args.model, dtype=dtype)
+        except (OSError, ValueError, KeyError) as exc:  # a folder transformers cannot read, an unknown family
+            raise UsageError(f"--model: cannot load {args.model}: {exc}") from None
+        text = Path(args.text).read_text(encoding="utf-8", errors="replace")
+        trace = extract_trace(model, tok, text, args.tokens, quantile=args.quantile,
+                              calibration_tokens=args.calibration_tokens, window=args.window,
+                              batch_size=args.batch_size, model_name=str(args.model))
+        path = save_trace(trace, args.out)
+        print(f"wrote {path}: T={trace.num_tokens} L={trace.num_layers} N={trace.num_experts} k={trace.top_k} "
+              f"d={trace.hidden_size} gate_mode={trace.extra['gate_mode']} q={trace.quantile}")
+        return 0
+
+    return run_main(PROG, body, errors=(TraceError, ValueError))
 
 
 if __name__ == "__main__":

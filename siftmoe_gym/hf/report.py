@@ -25,7 +25,6 @@ Steps (all seeded):
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -180,7 +179,10 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m siftmoe_gym.hf.report", description=__doc__.split("\n")[0])
+    from ..cli import OneLineParser, UsageError, at_least, run_main
+
+    prog = "python -m siftmoe_gym.hf.report"
+    ap = OneLineParser(prog=prog, description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the tiny model, trained if missing)")
     ap.add_argument("--eps", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     ap.add_argument("--calibration-tokens", type=int, default=4096)
@@ -192,8 +194,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-hidden-size", type=int, default=None,
                     help="hidden size carried over the links (default: the model's own d)")
     ap.add_argument("--json", default=None, help="also write the full report as JSON here")
-    args = ap.parse_args(argv)
 
+    def body() -> int:
+        args = ap.parse_args(argv)
+        for name, low in (("--calibration-tokens", 16), ("--eval-tokens", 16), ("--window", 2), ("--threads", 1),
+                          ("--link-hidden-size", 1)):
+            at_least(name, getattr(args, name[2:].replace("-", "_")), low)
+        if not (0.0 < args.quantile <= 1.0):
+            raise UsageError(f"--quantile must be in (0, 1], got {args.quantile}")
+        bad = [e for e in args.eps if not (e > 0 and e == e and e != float("inf"))]
+        if bad:
+            raise UsageError(f"--eps must be positive finite budgets (eps_rel), got {bad}")
+        if args.model is not None and not (Path(args.model) / "config.json").is_file():
+            raise UsageError(f"--model: no checkpoint folder with a config.json at {args.model}")
+        if args.json is not None and Path(args.json).is_dir():
+            raise UsageError(f"--json is a folder: {args.json}")
+        return _report(args)
+
+    return run_main(prog, body)
+
+
+def _report(args) -> int:
     import torch
 
     from .tiny_model import default_dir, heldout_ids, load_or_train
