@@ -278,7 +278,7 @@ class ComparisonEvalCallback(RolloutBoundaryCallback):
         rec: dict[str, Any] = {
             "timesteps": int(self.num_timesteps),
             "wall_s": self.wall_s(),
-            **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in rel.items()},
+            **{k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in rel.items()},
             "siftmoe_energy_per_token_j": ref["energy_per_token_j"] if ref else math.nan,
             "siftmoe_saving_pct": ref["saving_pct"] if ref else math.nan,
             "siftmoe_violation_rate": ref["violation_rate"] if ref else math.nan,

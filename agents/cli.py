@@ -24,6 +24,8 @@ from .cliutil import UsageError as _UsageExit
 from .cliutil import run_main
 
 PROG = "train.py"
+MAX_ENVS = 4096
+"""Most environment copies a run may ask for (the native vector env steps thousands; more only exhausts memory)."""
 
 
 def _key_values(items: Sequence[str] | None, option: str) -> dict:
@@ -70,7 +72,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="the main job: PPO on Decode-v0 for 819,200 steps (ten evaluation lines), then the comparison "
                         "table (docs/training.md gives the measured time)")
-    p.add_argument("-v", "--verbose", type=int, default=0)
+    p.add_argument("-v", "--verbose", type=int, default=0, choices=(0, 1, 2), help="SB3 verbosity (0, 1 or 2)")
     return p
 
 
@@ -89,10 +91,28 @@ def _check_args(args: argparse.Namespace) -> None:
     """Refuse, by name, every value that would otherwise be replaced or break later (before any slow work)."""
     import math
 
-    for name in ("env", "algo", "logdir", "run_name", "conf_file"):
+    import os
+
+    for name in ("env", "algo", "logdir", "run_name", "conf_file", "model", "out"):
         v = getattr(args, name, None)
         if v is not None and not str(v).strip():
             raise _UsageExit(f"--{name.replace('_', '-')} must not be empty")
+    rn = getattr(args, "run_name", None)
+    if rn is not None and (os.sep in rn or "/" in rn or rn in (".", "..") or rn.startswith(".")):
+        raise _UsageExit(f"--run-name must be a plain folder name (no '/', not starting with '.'), got {rn!r}")
+    env = getattr(args, "env", None)
+    if env is not None and not env.startswith("siftmoe_gym/"):
+        raise _UsageExit(f"--env must be a siftmoe_gym environment id (siftmoe_gym/Decode-v0, ...), got {env!r}")
+    cores = os.cpu_count() or 1
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads > cores:
+        raise _UsageExit(f"--threads {threads} is more than this machine's {cores} cores")
+    n_envs = getattr(args, "n_envs", None)
+    if n_envs is not None and n_envs > MAX_ENVS:
+        raise _UsageExit(f"--n-envs must be at most {MAX_ENVS}, got {n_envs}")
+    out = getattr(args, "out", None)
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise _UsageExit(f"--out is a file, not a folder: {out}")
     for name in ("steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "episodes"):
         v = getattr(args, name, None)
         if v is not None and v < 1:
@@ -101,6 +121,8 @@ def _check_args(args: argparse.Namespace) -> None:
         v = getattr(args, name, None)
         if v is not None and v < 0:
             raise _UsageExit(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    if getattr(args, "resume", False) and (args.eval_episodes is not None or args.eval_seed is not None):
+        raise _UsageExit("--resume evaluates on the run's saved seeds: --eval-episodes and --eval-seed cannot change")
     mvr = getattr(args, "max_violation_rate", None)
     if mvr is not None and not (math.isfinite(mvr) and 0.0 <= mvr <= 1.0):
         raise _UsageExit(f"--max-violation-rate must be a share of steps in [0, 1], got {mvr}")

@@ -22,4 +22,6 @@ def run_main(prog: str, body: Callable[[], int], interrupted: str = "interrupted
     """``body()``, with bad input (:class:`UsageError`, :class:`~agents.algos.AgentConfigError`,
     :class:`~agents.ray_utils.RayUnavailable`) as one line ``<prog>: error: ...`` on stderr and status 2, and
     Ctrl-C as ``<prog>: <interrupted>`` and status 130."""
-    return _run_main(prog, body, interrupted, errors=(AgentConfigError, RayUnavailable))
+    from siftmoe_gym.tracefile import TraceError
+
+    return _run_main(prog, body, interrupted, errors=(AgentConfigError, RayUnavailable, TraceError))

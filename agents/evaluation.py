@@ -8,7 +8,8 @@ references are evaluated once per seed list and cached (:class:`BaselineCache`).
 Relative metrics (``docs/model.md`` section 9), against ``siftmoe``, the certified optimum of the
 setting (exact P1, the P2 integer program, the P3 dynamic program), on the same episodes:
 
-- ``saving_pct``: ``100 * (1 - E / E_topk)`` (from the evaluator);
+- ``saving_pct``: ``100 * (1 - E / E_topk)``, against the ``topk`` policy's energy on the same episodes when the
+  table has it (else the evaluator's own top-k reference);
 - ``regret``: ``E / E_siftmoe - 1``, the energy above the optimum (negative when a
   policy saves more than the optimum by breaking a budget: read it next to ``feasible``);
 - ``score``: ``mean return of siftmoe / mean return of the policy`` (every reward is
@@ -258,6 +259,12 @@ def comparison_rows(
         summary = cache.get(name)
         if summary is not None:
             rows.append({"policy": name, **relative_metrics(summary, reference)})
+    topk = cache.get(TOPK) if TOPK in names else None
+    if topk is not None and topk["energy_per_token_j"] > 0:
+        # against the top-k policy's energy on the same episodes (in Prefill a step's own top-k reference
+        # depends on the loads the policy left, so the evaluator's per-policy saving would not compare)
+        for r in rows:
+            r["saving_pct"] = 100.0 * (1.0 - r["energy_per_token_j"] / topk["energy_per_token_j"])
     return rows
 
 

@@ -39,10 +39,16 @@ def hyperparams_file(algo: str) -> Path:
 def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> dict[str, Any]:
     """Raw (YAML) hyperparameters of ``algo`` for ``env_id``; ``default`` if the id has no entry."""
     path = Path(path) if path is not None else hyperparams_file(algo)
+    if path.is_dir():
+        raise AgentConfigError(f"hyperparameter file {path} is a folder")
     if not path.is_file():
         raise AgentConfigError(f"hyperparameter file not found: {path}")
-    with open(path) as f:
-        table = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            table = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise AgentConfigError(f"hyperparameter file {path}: {exc.__class__.__name__}: "
+                               f"{' '.join(str(exc).split())[:200]}") from None
     if not isinstance(table, dict):
         raise AgentConfigError(f"{path}: expected a mapping from environment ids to hyperparameters")
     if env_id in table:
@@ -163,6 +169,7 @@ def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], d
     if isinstance(params.get("train_freq"), list):
         params["train_freq"] = tuple(params["train_freq"])
     params.setdefault("policy", "MlpLstmPolicy" if spec.recurrent else "MlpPolicy")
+    _check_ranges(params)
 
     cls = spec.load_class()
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "env"}
@@ -173,6 +180,43 @@ def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], d
             f"(trainer keys: {', '.join(sorted(TRAINER_KEYS))})"
         )
     return trainer, params
+
+
+RANGES = {  # key: (low, high, low inclusive): the values SB3 can train with
+    "gamma": (0.0, 1.0, True), "gae_lambda": (0.0, 1.0, True), "learning_rate": (0.0, 1.0, False),
+    "ent_coef": (0.0, 1e3, True), "vf_coef": (0.0, 1e3, True), "max_grad_norm": (0.0, 1e6, False),
+    "clip_range": (0.0, 10.0, False), "n_steps": (1, 1 << 20, True), "batch_size": (1, 1 << 24, True),
+    "n_epochs": (1, 10_000, True), "buffer_size": (1, 1 << 30, True), "tau": (0.0, 1.0, False),
+    "exploration_fraction": (0.0, 1.0, True), "exploration_initial_eps": (0.0, 1.0, True),
+    "exploration_final_eps": (0.0, 1.0, True), "target_update_interval": (1, 1 << 30, True),
+    "learning_starts": (0, 1 << 30, True), "gradient_steps": (-1, 1 << 20, True),
+}
+INTEGER_KEYS = {"n_steps", "batch_size", "n_epochs", "buffer_size", "target_update_interval", "learning_starts",
+                "gradient_steps"}
+
+
+def _check_ranges(params: dict[str, Any]) -> None:
+    """:class:`AgentConfigError` naming the hyperparameter when a number is not finite, not an integer where one is
+    needed, or outside :data:`RANGES` (schedules are checked by their initial value)."""
+    import math
+
+    for key, (low, high, inclusive) in RANGES.items():
+        if key not in params or params[key] is None:
+            continue
+        v = params[key]
+        if isinstance(v, _Linear):
+            v = v.initial
+        if key == "ent_coef" and isinstance(v, str) and v.startswith("auto"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise AgentConfigError(f"hyperparameter {key}={params[key]!r} must be a number")
+        if not math.isfinite(v):
+            raise AgentConfigError(f"hyperparameter {key}={v!r} must be finite")
+        if key in INTEGER_KEYS and float(v) != int(v):
+            raise AgentConfigError(f"hyperparameter {key}={v!r} must be an integer")
+        if not ((low <= v if inclusive else low < v) and v <= high):
+            side = "[" if inclusive else "("
+            raise AgentConfigError(f"hyperparameter {key}={v!r} must be in {side}{low}, {high}]")
 
 
 def resolve_hyperparams(

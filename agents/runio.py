@@ -275,8 +275,11 @@ def model_metadata(model_path: str | os.PathLike) -> dict[str, Any]:
     p = Path(model_path)
     for cand in (p.with_suffix(".json"), p.parent / "config.json", p.parent.parent / "config.json"):
         if cand.is_file():
-            meta = json.loads(cand.read_text())
-            if "env_id" in meta and "algo" in meta:
+            try:
+                meta = json.loads(cand.read_text())
+            except (OSError, ValueError) as exc:
+                raise AgentConfigError(f"{cand}: unreadable metadata ({exc.__class__.__name__}: {exc})") from None
+            if isinstance(meta, dict) and "env_id" in meta and "algo" in meta:
                 return meta
     raise AgentConfigError(f"no metadata (.json with env_id and algo) beside {p}")
 

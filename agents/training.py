@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import gymnasium as gym
+
 from .algos import AgentConfigError, AlgoSpec, canonical_algo, check_compatible, get_algo
 from .callbacks import (
     AtomicCheckpointCallback, ComparisonEvalCallback, ProgressBarCallback, planned_evaluations, reached_steps,
@@ -235,7 +237,7 @@ def build_envs(plan: RunPlan):
         eval_env = make_env(plan.env_id, plan.env_kwargs)
     except AgentConfigError:
         raise
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, gym.error.Error) as exc:  # incl. DependencyNotInstalled (render_mode="human")
         raise AgentConfigError(f"{plan.env_id} refuses the env kwargs {plan.env_kwargs}: {type(exc).__name__}: "
                                f"{exc}") from None
     check_compatible(plan.algo, eval_env.action_space, plan.env_id)
@@ -312,6 +314,9 @@ def learn(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, ckpt_cb: Atomic
     start = int(model.num_timesteps)
     remaining = plan.total - start
     if remaining <= 0:
+        if log is not None:
+            log.write(f"the run is already at {start:,} steps >= --steps {plan.total:,}: nothing to train, "
+                      f"evaluating the model as it is")
         eval_cb.init_callback(model)
         if not eval_cb.history or eval_cb.history[-1]["timesteps"] != model.num_timesteps:
             eval_cb.evaluate_now()
@@ -322,7 +327,8 @@ def learn(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, ckpt_cb: Atomic
     if log is not None:
         note = (f"; --steps {plan.total:,} rounded up to whole rollouts of {chunk:,} steps" if target != plan.total else "")
         log.write(f"{plan.algo} on {plan.env_id}: {start:,} -> {target:,} steps{note}; {planned} evaluations "
-                  f"on {len(plan.eval_seeds)} seeded episodes (every {plan.eval_freq:,} steps and at the end); "
+                  f"on {len(plan.eval_seeds)} seeded episodes (at the first rollout end after every "
+                  f"{plan.eval_freq:,} steps, rollouts of {chunk:,}, and at the end); "
                   f"{plan.n_envs} {plan.vec} env copies; run folder {plan.run_dir}")
         t0, count = time.perf_counter(), [0]
 
@@ -347,11 +353,13 @@ def final_comparison(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, cach
                        "metrics": eval_cb.last})
     rows = comparison_rows(f"{plan.algo} (final)", eval_cb.last, cache, baselines)
     best = eval_cb.best
-    if best is not None and eval_cb.last is not None and best["timesteps"] != eval_cb.last["timesteps"]:
+    has_best = best is not None and eval_cb.last is not None and best["timesteps"] != eval_cb.last["timesteps"]
+    if has_best:
         rows.insert(1, {"policy": f"{plan.algo} (best, {int(best['timesteps']):,} steps)", **best})
-    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps ((final): final_model.zip; "
-             f"(best): best_model.zip, the best evaluation so far), {len(plan.eval_seeds)} seeded evaluation episodes, "
-             f"mean over episodes")
+    which = ("(final): final_model.zip; (best): best_model.zip, the best evaluation so far" if has_best else
+             "(final): final_model.zip, also the best evaluation (best_model.zip)")
+    title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps ({which}), "
+             f"{len(plan.eval_seeds)} seeded evaluation episodes, mean over episodes")
     table_meta = {**meta, "title": title, "timesteps": int(model.num_timesteps), "eval_seeds": plan.eval_seeds,
                   "baseline_errors": cache.errors, "train_wall_s": eval_cb.wall_s()}
     files = write_comparison(rows, plan.run_dir, table_meta, history=eval_cb.history, best=eval_cb.best)

@@ -40,6 +40,10 @@ _REGISTRY: dict[str, type[Policy]] = {
 def available_policies(setting: str | None = None) -> dict[str, str]:
     """``{name: one-line description}`` of every registered policy (that applies to ``setting``, if given:
     ``"decode"``, ``"prefill"`` or ``"fastfading"``)."""
+    from .policies import SETTINGS
+
+    if setting is not None and setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}; one of {list(SETTINGS)}")
     return {name: cls.description for name, cls in _REGISTRY.items() if setting is None or setting in cls.settings}
 
 

@@ -219,6 +219,10 @@ def _parse_agents(items: list[str] | None) -> dict[str, str]:
             raise UsageError(f"--agent expects NAME=PATH, got {it!r}")
         if name in out:
             raise UsageError(f"--agent: the name {name!r} is given twice")
+        import baselines
+
+        if name in baselines.available_policies() or name == "lagrangian-bound":
+            raise UsageError(f"--agent: the name {name!r} is a policy's; name the agent otherwise (e.g. ppo-{name})")
         out[name] = path
     return out
 

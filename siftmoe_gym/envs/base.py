@@ -425,8 +425,7 @@ class SiftMoEEnv(gym.Env):
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         cfg = reset_config(options)
-        if cfg is not None:
-            self._episode_ready = False  # a reset that fails leaves no half-reconfigured episode to step
+        if cfg is not None:  # checked whole before anything changes: a rejected config leaves the episode as it was
             self._reconfigure(cfg)
         super().reset(seed=seed)
         self._s = 0
