@@ -91,3 +91,11 @@ def test_malformed_conf_file_and_bad_evaluate_out(tmp_path, capsys):
 def test_available_policies_refuses_an_unknown_setting():
     with pytest.raises(ValueError, match="bogus"):
         baselines.available_policies("bogus")
+
+
+def test_report_prints_rounding_noise_as_zero():
+    from agents.report.tables import fmt
+
+    assert fmt(-7.4e-15, 3.2e-14) == "0 ± 0"
+    assert fmt(0.25, 0.01, 100.0) == "25 ± 1"
+    assert fmt(3.1e-4, 2e-5, 1e3, 4) == "0.31 ± 0.02"

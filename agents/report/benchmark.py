@@ -158,6 +158,9 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
                                  + (f"; FAILURES: {fails_r[:3]}" if fails_r else ""))
                 notes.append(f"{len(seeds)} episodes per point, seeds {seeds[0]}..{seeds[-1]}; "
                              f"{time.perf_counter() - ts:.1f} s")
+                for n in notes:  # an agent left out of a scenario is said on the console too, not only in report.md
+                    if n.startswith("agent "):
+                        print(f"note: scenario {scn['name']}: {n}", file=sys.stderr)
                 md.append(scenario_markdown(scn, rows, png, notes))
                 all_records += recs
                 all_summary += rows

@@ -89,12 +89,19 @@ def write_comparison(rows: list[dict[str, Any]], out_dir: str | os.PathLike, met
     return paths
 
 
+ZERO = 1e-9
+"""Magnitudes below this print as 0 (rounding noise of a difference that is zero, e.g. -7e-15 ± 3e-14)."""
+
+
 def fmt(mean: float, half: float, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± half`` (times ``scale``) to ``digits`` significant digits; "–" when there is no mean."""
     if mean is None or not math.isfinite(mean):
         return "–"
+    m = scale * mean if abs(scale * mean) >= ZERO else 0.0
     if half is None or not math.isfinite(half):
-        return f"{scale * mean:.{digits}g}"
-    return f"{scale * mean:.{digits}g} ± {scale * half:.2g}"
+        return f"{m:.{digits}g}"
+    h = scale * half if abs(scale * half) >= ZERO else 0.0
+    return f"{m:.{digits}g} ± {h:.2g}"
 
 
 def _score_cell(r: dict[str, Any]) -> str:
