@@ -37,7 +37,7 @@ import numpy as np
 
 from siftmoe_gym.bounds import within_budget
 from siftmoe_gym.envs.episodes import draw_raw
-from siftmoe_gym.envs.rewards import worst_accuracy_penalty
+from siftmoe_gym.envs.rewards import worst_accuracy_penalty, worst_error_rows
 from siftmoe_gym.serving import ServingTable, err_table, solve_decode
 
 DEFAULT_SAMPLES = 256
@@ -95,6 +95,7 @@ class DecisionSets:
         self.system = system
         self.rm = reward
         self.table = ServingTable(system)
+        self.worst_row = worst_error_rows(system.delta_ext)  # (L, N): the env's err_worst rows
         self.front_levels = int(front_levels)
         cfg = system.config
         self.n, self.k = cfg.num_experts, cfg.top_k
@@ -112,7 +113,7 @@ class DecisionSets:
         eps_div = max(float(self.system.budgets[layer]), 1e-12)
         e_topk = self._topk_energy(layer, topk, cost)
         dk = self.system.delta_ext[layer][topk]  # (B, k, N+1)
-        worst = (gates * self.system.delta_ext[layer].max(axis=1)[topk]).sum(axis=-1)  # (B,): the env's err_worst
+        worst = (gates * self.worst_row[layer][topk]).sum(axis=-1)  # (B,): the env's err_worst
         tab = self.table
         if tab.enabled:
             err = err_table(gates[..., None] * dk)  # (B, C)

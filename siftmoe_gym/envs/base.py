@@ -53,6 +53,7 @@ from .observations import (
     OBS_MODES, FeatureTables, ObservationLayout, as_dict, link_margin_db, one_token_threshold_gain, segments,
     static_features,
 )
+from .rewards import worst_error_rows
 
 SETTINGS = ("decode", "prefill", "fastfading")
 RENDER_MODES = ("ansi", "rgb_array", "human")
@@ -192,7 +193,7 @@ class SiftMoEEnv(gym.Env):
         self.n_experts, self.top_k, self.n_layers, self.n_nodes = cfg.num_experts, cfg.top_k, cfg.num_layers, cfg.num_nodes
         self.compute_cost = float(cfg.compute_energy_j)
         # per layer and expert, the largest dissimilarity to any server (or the skip cost): the worst error rows
-        self._worst_row = np.ascontiguousarray(sysm.delta_ext.max(axis=2))  # (L, N)
+        self._worst_row = worst_error_rows(sysm.delta_ext)  # (L, N)
         self.floor = self._reward_floor()
         self.table = ServingTable(sysm)
         self.budgets = np.asarray(sysm.budgets, dtype=np.float64)

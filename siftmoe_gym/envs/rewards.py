@@ -45,6 +45,12 @@ import numpy as np
 from ..bounds import within_budget
 
 
+def worst_error_rows(delta_ext: np.ndarray) -> np.ndarray:
+    """Per expert (last axis of ``delta_ext``'s rows), its largest dissimilarity to any server or the skip cost:
+    ``err_worst = sum_i g_i rows[topk_i]`` for a token (``delta_ext`` (..., N, N+1) -> (..., N))."""
+    return np.ascontiguousarray(np.asarray(delta_ext).max(axis=-1))
+
+
 def worst_accuracy_penalty(err_worst, thr, eps, penalty):
     """``a_worst`` of the module docstring (scalars or arrays): the accuracy penalty of the step's worst decision."""
     return np.where(within_budget(err_worst, thr), 0.0, penalty * (1.0 + (err_worst - thr) / eps))
