@@ -21,7 +21,7 @@ from typing import Sequence
 from .algos import ALGOS, ALIASES
 from .cliutil import OneLineParser as _Parser
 from .cliutil import UsageError as _UsageExit
-from .cliutil import run_main
+from .cliutil import at_least, run_main
 
 PROG = "train.py"
 MAX_ENVS = 4096
@@ -90,7 +90,6 @@ def evaluate_parser() -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     """Refuse, by name, every value that would otherwise be replaced or break later (before any slow work)."""
     import math
-
     import os
 
     for name in ("env", "algo", "logdir", "run_name", "conf_file", "model", "out"):
@@ -113,14 +112,10 @@ def _check_args(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise _UsageExit(f"--out is a file, not a folder: {out}")
-    for name in ("steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "episodes"):
-        v = getattr(args, name, None)
-        if v is not None and v < 1:
-            raise _UsageExit(f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("seed", "eval_seed"):
-        v = getattr(args, name, None)
-        if v is not None and v < 0:
-            raise _UsageExit(f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    for names, low in ((("steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "episodes"), 1),
+                       (("seed", "eval_seed"), 0)):
+        for name in names:
+            at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), low)
     if getattr(args, "resume", False) and (args.eval_episodes is not None or args.eval_seed is not None):
         raise _UsageExit("--resume evaluates on the run's saved seeds: --eval-episodes and --eval-seed cannot change")
     mvr = getattr(args, "max_violation_rate", None)
