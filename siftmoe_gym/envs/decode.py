@@ -11,7 +11,7 @@ from ..serving import pick_row
 from ..serving_table import err_table
 from .base import SiftMoEEnv
 from .episodes import draw_decode_episodes, episode_row
-from .rewards import reward_terms
+from .rewards import constraint_costs, reward_terms
 
 
 _MIN = np.minimum.reduce
@@ -156,7 +156,11 @@ class DecodeEnv(SiftMoEEnv):
     ``budget``, ``violation`` (``err > budget``), ``latency_violation`` (s),
     ``assignment``, ``computed``, ``nodes_used`` (nodes the served experts
     sit on), ``activated_nodes`` (nodes paid for: node 0 and the action's set
-    in the node-set modes, ``nodes_used`` otherwise), ``layer``, ``token``.
+    in the node-set modes, ``nodes_used`` otherwise), ``layer``, ``token``,
+    and the constraint costs as safe-RL environments report them
+    (Safety-Gymnasium's convention, :func:`siftmoe_gym.envs.rewards.constraint_costs`):
+    ``cost_accuracy`` (1.0 when ``err > budget``), ``cost_latency`` (1.0 on a
+    latency violation) and their sum ``cost``.
 
     ## Starting State
 
@@ -405,7 +409,7 @@ class DecodeEnv(SiftMoEEnv):
             "violation": violation, "latency_violation": lat,
             "assignment": assignment, "computed": computed, "nodes_used": used, "activated_nodes": active,
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
-            "layer": layer, "token": s // self.n_layers,
+            "layer": layer, "token": s // self.n_layers, **constraint_costs(violation, lat),
         }
         if res is None:  # (the _last property's storage, set directly: the hot path)
             self._last_v = (s, idx, payload, energy, err, lat, layer, eps, e_topk, reward)

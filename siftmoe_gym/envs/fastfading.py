@@ -12,7 +12,8 @@ from .base import SiftMoEEnv
 from .config import check_env_value
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
 from .episodes import draw_fastfading_episodes, episode_row
-from .rewards import average_penalty, reward_terms
+from .observations import budget_features
+from .rewards import average_excess, constraint_costs, reward_terms
 
 SERVING_RULES = ("drift", "energy")
 
@@ -73,8 +74,15 @@ class FastFadingEnv(SiftMoEEnv):
     |-----------------------|-------------|--------|---------|
     | ``D0``, 1             | layer_queue | [0, 1] | ``Q_l / queue_clip`` of the current layer, clipped |
     | ``D0 + 1``, L         | queues      | [0, 1] | every layer's ``Q / queue_clip``, clipped |
+    | ``D0 + L + 1``, 1     | layer_allowance | [-1, 1] | ``(T - R_l) / (T - t) / eps_max_factor``, clipped: the current layer's budget left per token left (this one included), over the cap |
+    | ``D0 + L + 2``, L     | budget_left | [-1, 1] | every layer's ``(T - R_l) / T``, clipped: the share of its average budget not yet spent |
 
-    where ``D0 = 2N + 4M + L + 3`` (``2N + 3M + L + 2`` without solo errors).
+    where ``D0 = 2N + 4M + L + 3`` (``2N + 3M + L + 2`` without solo errors),
+    ``T = episode_tokens``, ``t`` the token (0-based) and
+    ``R_l = sum_{t' < t} err_{t',l} / eps_l`` the error layer ``l`` has spent
+    so far (``env.unwrapped.error_spent``): the average constraint is
+    ``R_l <= T`` at the episode's end, so ``(R_l, T - t)`` is the state the
+    optimal policy (:mod:`baselines.fastfading_dp`) conditions on.
     ``env.unwrapped.obs_slices`` has the exact slices.
 
     ## Rewards
@@ -91,7 +99,13 @@ class FastFadingEnv(SiftMoEEnv):
     every token carried the mean excess.  Top-k scores exactly -1 per step on
     all-feasible links.  ``info`` adds ``cap``, ``queue`` (all layers, after
     the step), ``cap_violation``, ``activated_nodes`` and, at the end, ``reward_average`` and
-    ``mean_error_ratio`` (L,).
+    ``mean_error_ratio`` (L,).  Constraint costs, as safe-RL environments
+    report them (Safety-Gymnasium's convention, one ``cost_*`` per budget and
+    their sum ``cost``): ``cost_accuracy`` 1.0 when ``err`` exceeds the cap
+    ``eps_max`` (else 0.0), ``cost_latency`` 1.0 on a latency violation,
+    ``cost_average`` 0.0 except at the last step, where it is the episode's
+    average excess ``T * sum_l max(0, mean_t err_{t,l} / eps_l - 1)`` (the
+    average term of the reward over ``penalty``).
 
     ## Starting State
 
@@ -154,7 +168,8 @@ class FastFadingEnv(SiftMoEEnv):
         return cfg
 
     def _extra_segments(self):
-        return [("layer_queue", 1, 0.0, 1.0), ("queues", self.n_layers, 0.0, 1.0)]
+        return [("layer_queue", 1, 0.0, 1.0), ("queues", self.n_layers, 0.0, 1.0),
+                ("layer_allowance", 1, -1.0, 1.0), ("budget_left", self.n_layers, -1.0, 1.0)]
 
     @property
     def token(self) -> int:
@@ -262,9 +277,9 @@ class FastFadingEnv(SiftMoEEnv):
     def _observation(self) -> np.ndarray:
         s = min(self._s, self._n_steps - 1)
         obs = self._obs_table[s].copy()
-        q = np.minimum(self.queue / self.env_config["queue_clip"], 1.0)
-        obs[self.obs_slices["layer_queue"]] = q[self._layers[s]]
-        obs[self.obs_slices["queues"]] = q
+        budget_features(obs, self.obs_slices, self.queue, self._ratio_sum, int(self._layers[s]),
+                        int(self._tok[s]), self.env_config["episode_tokens"], self.env_config["queue_clip"],
+                        self._cap_factor)
         return obs
 
     def step(self, action):
@@ -289,7 +304,7 @@ class FastFadingEnv(SiftMoEEnv):
         self._ratio_sum[layer] += ratio
         self._s = s + 1
         terminated = self._s >= self._n_steps
-        r_avg = 0.0
+        r_avg, excess = 0.0, 0.0
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps, "cap": cap,
             "violation": not within_budget(res["err"], eps),
@@ -310,10 +325,12 @@ class FastFadingEnv(SiftMoEEnv):
             self._add_episode_metrics(info)
             tokens = self.env_config["episode_tokens"]
             mean_ratio = self._ratio_sum / tokens
-            r_avg = average_penalty(mean_ratio, tokens, self.env_config["penalty"])
+            excess = average_excess(mean_ratio, tokens)
+            r_avg = -self.env_config["penalty"] * excess
             info["mean_error_ratio"] = mean_ratio
             self._episode_ready = False
         info["reward_average"] = r_avg
+        info.update(constraint_costs(cap_violation, res["lat"], excess))
         reward = r_e + r_a + r_l + r_avg
         self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         return self._format_obs(self._observation()), reward, terminated, False, info

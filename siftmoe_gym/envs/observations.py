@@ -185,3 +185,21 @@ def static_features(layout: ObservationLayout, tables: FeatureTables, probs, top
         obs[..., sl["solo_error"]] = np.clip(solo / tables.eps_div[layers][..., None], 0.0, SOLO_CLIP)
     obs[..., sl["progress"]] = progress[..., None]
     return obs
+
+
+def budget_features(obs: np.ndarray, slices: dict[str, slice], queue: np.ndarray, spent: np.ndarray, layer: int,
+                    token: int, tokens: int, queue_clip: float, cap_factor: float) -> None:
+    """Fill FastFading's dynamic blocks in place: ``layer_queue``, ``queues``, ``layer_allowance``, ``budget_left``
+    (the FastFading-v0 docstring's table) over any leading shape.
+
+    ``obs`` (..., dim) float32; ``queue`` and ``spent`` (..., L): the virtual queues ``Q_l`` and the error
+    spent ``R_l = sum err / eps_l``, both in layer-budget units; ``layer`` and ``token`` (0-based) of the
+    step the observation is for, ``tokens`` the episode's ``T``.  The single and the native vector
+    environments both call this, so their rows agree bit for bit.
+    """
+    q = np.minimum(queue / queue_clip, 1.0)
+    obs[..., slices["layer_queue"]] = q[..., layer, None]
+    obs[..., slices["queues"]] = q
+    left = tokens - spent  # (..., L): budget left, in token-budget units
+    obs[..., slices["layer_allowance"]] = np.clip(left[..., layer, None] / ((tokens - token) * cap_factor), -1.0, 1.0)
+    obs[..., slices["budget_left"]] = np.clip(left / tokens, -1.0, 1.0)

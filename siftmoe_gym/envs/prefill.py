@@ -9,7 +9,7 @@ import numpy as np
 from ..instances import PrefillInstance
 from .base import SiftMoEEnv
 from .observations import COST_CLIP
-from .rewards import reward_terms
+from .rewards import constraint_costs, reward_terms
 
 
 def draw_prefill_episode(system, rng: np.random.Generator, num_tokens: int) -> dict[str, Any]:
@@ -68,6 +68,7 @@ class PrefillEnv(SiftMoEEnv):
     |-----------------------|----------------|--------|---------|
     | ``D0``, M             | loads          | [0, 1] | tokens already sent to each edge node at this layer, over ``T`` |
     | ``D0 + M``, 1         | block_position | [0, 1] | ``t / T``: the token's position in the block |
+    | ``D0 + M + 1``, M     | block_demand   | [0, 1] | per edge node, the block's tokens from this one on (this layer) whose top-k uses the node, over ``T`` |
 
     with ``D0 = 2N + 4M + L + 3`` (``2N + 3M + L + 2`` without solo errors).
 
@@ -88,7 +89,10 @@ class PrefillEnv(SiftMoEEnv):
     energy at the current loads; ``activated_nodes`` the nodes whose load
     went up) plus ``loads`` (after the step),
     ``block_energy_j`` (the layer's block energy so far) and
-    ``reward_scale_j`` (``Ebar_l``).
+    ``reward_scale_j`` (``Ebar_l``), and the constraint costs ``cost_accuracy``
+    (1.0 when ``err > eps_l``), ``cost_latency`` (1.0 when the step increases
+    the block's latency overrun) and their sum ``cost`` (Safety-Gymnasium's
+    convention, :func:`siftmoe_gym.envs.rewards.constraint_costs`).
 
     ## Starting State
 
@@ -142,7 +146,8 @@ class PrefillEnv(SiftMoEEnv):
         return float(self.system.config.tau_prefill_s)
 
     def _extra_segments(self):
-        return [("loads", self.n_nodes, 0.0, 1.0), ("block_position", 1, 0.0, 1.0)]
+        return [("loads", self.n_nodes, 0.0, 1.0), ("block_position", 1, 0.0, 1.0),
+                ("block_demand", self.n_nodes, 0.0, 1.0)]
 
     @property
     def token(self) -> int:
@@ -182,6 +187,10 @@ class PrefillEnv(SiftMoEEnv):
             None, np.arange(s) / s,
         )
         self._obs_table[:, self.obs_slices["block_position"]] = (np.arange(s) % t_count / t_count)[:, None]
+        # the whole block passes the layer together, so the rest of its top-k demand is known: per layer a
+        # reverse cumulative count of the tokens whose top-k uses each edge node
+        demand = self._topk_used[:, 1:].reshape(nl, t_count, -1)[:, ::-1].cumsum(axis=1)[:, ::-1]
+        self._obs_table[:, self.obs_slices["block_demand"]] = demand.reshape(s, -1) / t_count
         self._start_layer()
         self._block_cache: dict[int, PrefillInstance] = {}
         self._ep_sums = [0.0, 0.0, 0, 0]
@@ -262,7 +271,7 @@ class PrefillEnv(SiftMoEEnv):
             "activated_nodes": res["active"],
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": s % self._T, "loads": self._loads.copy(),
-            "block_energy_j": self._block_energy, "reward_scale_j": e_bar,
+            "block_energy_j": self._block_energy, "reward_scale_j": e_bar, **constraint_costs(violation, res["lat"]),
         }
         self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         self._s = s + 1

@@ -83,11 +83,53 @@ def reward_terms_batch(energy: np.ndarray, ref_energy: np.ndarray, err: np.ndarr
     return r_e, r_a, r_l, ~ok
 
 
-def average_penalty(mean_ratio: np.ndarray, tokens: int, penalty: float):
-    """FastFading's end-of-episode term ``-penalty * T * sum_l max(mean_ratio_l - 1, 0)`` from the mean
-    error ratios (..., L) (``err / eps_l`` averaged over the episode's ``T`` tokens); a float for one
+def average_excess(mean_ratio: np.ndarray, tokens: int):
+    """FastFading's average excess ``T * sum_l max(mean_ratio_l - 1, 0)`` from the mean error ratios (..., L)
+    (``err / eps_l`` averaged over the episode's ``T`` tokens), in token-budget units; a float for one
     episode, an array over copies."""
     excess = np.maximum(mean_ratio - 1.0, 0.0).sum(axis=-1)
     if np.ndim(excess) == 0:
         excess = float(excess)
-    return -penalty * tokens * excess
+    return tokens * excess
+
+
+def average_penalty(mean_ratio: np.ndarray, tokens: int, penalty: float):
+    """FastFading's end-of-episode term ``-penalty * T * sum_l max(mean_ratio_l - 1, 0)``
+    (``-penalty *`` :func:`average_excess`)."""
+    return -penalty * average_excess(mean_ratio, tokens)
+
+
+COST_KEYS = ("cost", "cost_accuracy", "cost_latency")
+"""The constraint-cost keys of every step's ``info`` (FastFading adds ``cost_average``)."""
+
+
+def constraint_costs(accuracy_violation, latency_violation, average=None) -> dict:
+    """A step's constraint costs as safe-RL environments report them (Safety-Gymnasium's convention: one
+    ``cost_<constraint>`` per budget and their sum ``cost``), scalars or arrays over copies:
+
+    - ``cost_accuracy``: 1.0 when the step's error bound breaks its per-step budget (Decode, Prefill:
+      ``eps_l``; FastFading: the cap ``eps_max``), else 0.0;
+    - ``cost_latency``: 1.0 when the step violates the latency budget (``latency_violation > 0`` s), else 0.0;
+    - ``cost_average`` (FastFading only, ``average`` not None): the episode's average excess
+      (:func:`average_excess`) on its last step, 0.0 before.
+
+    The budgets these costs are held to: Decode and Prefill's per-step constraints are hard (a cost of 0
+    every step); a benchmark row counts as feasible with at most 1% more violating steps than the optimum's
+    (``agents.evaluation``)."""
+    if np.ndim(accuracy_violation) == 0:  # one step (the hot path of the single environments)
+        acc, lat = float(bool(accuracy_violation)), float(latency_violation > 0.0)
+        out = {"cost": acc + lat, "cost_accuracy": acc, "cost_latency": lat}
+        if average is not None:
+            out["cost_average"] = float(average)
+            out["cost"] = acc + lat + float(average)
+        return out
+    acc = np.asarray(accuracy_violation, dtype=np.float64)
+    lat = (np.asarray(latency_violation) > 0.0).astype(np.float64)
+    out = {"cost_accuracy": acc, "cost_latency": lat}
+    total = acc + lat
+    if average is not None:
+        avg = np.asarray(average, dtype=np.float64)
+        out["cost_average"] = avg
+        total = total + avg
+    out["cost"] = total
+    return out

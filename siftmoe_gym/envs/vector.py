@@ -52,7 +52,8 @@ from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .prefill import PrefillEnv
-from .rewards import average_penalty, reward_terms_batch
+from .observations import budget_features
+from .rewards import average_excess, constraint_costs, reward_terms_batch
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 
@@ -217,9 +218,10 @@ class SiftMoEVectorEnv(VectorEnv):
         s = min(self._s, self._n_steps - 1)
         obs = self._obs_table[:, s].copy()  # built at reset by the single environment's code, row by row
         if self.setting == "fastfading":
-            q = np.minimum(self._queue / self.env.env_config["queue_clip"], 1.0)
-            obs[:, self.env.obs_slices["layer_queue"]] = q[:, self._layers[s], None]
-            obs[:, self.env.obs_slices["queues"]] = q
+            env = self.env
+            budget_features(obs, env.obs_slices, self._queue, self._ratio_sum, int(self._layers[s]),
+                            s // env.n_layers, self._tokens_per_ep, env.env_config["queue_clip"],
+                            float(env.system.config.eps_max_factor))
         return obs
 
     # ---------------------------------------------------------------- actions
@@ -422,14 +424,18 @@ class SiftMoEVectorEnv(VectorEnv):
             info["cap"] = np.full(n, cap)
             info["cap_violation"] = over  # err over the cap: the accuracy term's test
             info["queue"] = self._queue.copy()
-            r_avg = np.zeros(n)
+            r_avg, excess = np.zeros(n), np.zeros(n)
             if terminated:
                 tokens = self._tokens_per_ep
                 mean_ratio = self._ratio_sum / tokens
-                r_avg = average_penalty(mean_ratio, tokens, pen)
+                excess = average_excess(mean_ratio, tokens)
+                r_avg = -pen * excess
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
+            info.update(constraint_costs(over, lat, excess))
             reward = reward + r_avg
+        else:
+            info.update(constraint_costs(violation, lat))
         ones = self._mask()
         e, et, nv, nl = self._sums  # the episode's metrics so far (the whole episode's on its last step)
         if terminated:

@@ -1,0 +1,106 @@
+"""Issue 14, environment side: the safe-RL constraint costs in ``info`` and the observation blocks that carry
+the optimal policies' state (FastFading's error spent, Prefill's remaining block demand)."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+import siftmoe_gym  # noqa: F401
+from siftmoe_gym.envs.rewards import COST_KEYS
+
+IDS = ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0", "siftmoe_gym/FastFading-v0"]
+
+
+def _rollout(env_id, seed=3, steps=None, **kw):
+    env = gym.make(env_id, **kw)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    out = [(obs, None)]
+    done, n = False, 0
+    while not done and (steps is None or n < steps):
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        out.append((obs, info))
+        done, n = term or trunc, n + 1
+    return env, out
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_costs_match_the_violations(env_id):
+    env, steps = _rollout(env_id)
+    ff = "FastFading" in env_id
+    seen_acc = seen_lat = 0
+    for _, info in steps[1:]:
+        for key in COST_KEYS:
+            assert isinstance(info[key], float)
+        acc = info["cap_violation"] if ff else info["violation"]
+        assert info["cost_accuracy"] == float(acc)
+        assert info["cost_latency"] == float(info["latency_violation"] > 0.0)
+        total = info["cost_accuracy"] + info["cost_latency"] + (info["cost_average"] if ff else 0.0)
+        assert info["cost"] == pytest.approx(total, abs=0.0)
+        seen_acc += info["cost_accuracy"] > 0
+        seen_lat += info["cost_latency"] > 0
+    assert seen_acc + seen_lat > 0  # random actions break budgets: the test sees nonzero costs
+    if ff:
+        last = steps[-1][1]
+        pen = env.unwrapped.env_config["penalty"]
+        assert last["cost_average"] == pytest.approx(-last["reward_average"] / pen, rel=1e-12)
+        assert last["cost_average"] > 0.0
+        assert all(info["cost_average"] == 0.0 for _, info in steps[1:-1])
+
+
+def test_fastfading_budget_blocks_follow_the_error_spent():
+    env = gym.make("siftmoe_gym/FastFading-v0")
+    u = env.unwrapped
+    obs, _ = env.reset(seed=5)
+    env.action_space.seed(5)
+    t_count, nl = u.env_config["episode_tokens"], u.n_layers
+    cap = float(u.system.config.eps_max_factor)
+    sl = u.obs_slices
+    for s in range(t_count * nl):
+        spent = u.error_spent
+        left = t_count - spent
+        np.testing.assert_allclose(obs[sl["budget_left"]], np.clip(left / t_count, -1, 1), rtol=1e-6, atol=1e-7)
+        tok, lay = s // nl, s % nl
+        want = np.clip(left[lay] / ((t_count - tok) * cap), -1, 1)
+        assert obs[sl["layer_allowance"]][0] == pytest.approx(want, rel=1e-6, abs=1e-7)
+        assert env.observation_space.contains(obs)
+        obs, *_ = env.step(np.ones(u.n_nodes, dtype=np.int8) if s % 3 else env.action_space.sample())
+    assert u.error_spent.max() > 0.0
+
+
+def test_prefill_block_demand_is_the_rest_of_the_block():
+    env = gym.make("siftmoe_gym/Prefill-v0")
+    u = env.unwrapped
+    obs, _ = env.reset(seed=2)
+    env.action_space.seed(2)
+    tokens = u._ep["tokens"]
+    t_count, nl = tokens.topk.shape[0], u.n_layers
+    for s in range(t_count * nl):
+        lay, t = divmod(s, t_count)
+        want = np.zeros(u.n_nodes)
+        for t2 in range(t, t_count):  # brute force: nodes the top-k of each remaining token sits on
+            for m in set(u.system.node_of[lay][tokens.topk[t2, lay]].tolist()) - {0}:
+                want[m - 1] += 1
+        np.testing.assert_array_equal(obs[u.obs_slices["block_demand"]], (want / t_count).astype(np.float32))
+        obs, *_ = env.step(env.action_space.sample())
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0"])
+def test_native_vector_costs_and_blocks_match_sync(env_id):
+    n = 3
+    nat = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
+    syn = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+    o1, _ = nat.reset(seed=11)
+    o2, _ = syn.reset(seed=11)
+    rng = np.random.default_rng(0)
+    steps = nat.unwrapped.env._n_steps if hasattr(nat.unwrapped.env, "_n_steps") else 64
+    for _ in range(steps):
+        np.testing.assert_array_equal(o1, o2)
+        a = rng.integers(0, 2, size=nat.action_space.shape).astype(np.int8)
+        o1, r1, *_, i1 = nat.step(a)
+        o2, r2, *_, i2 = syn.step(a)
+        np.testing.assert_array_equal(r1, r2)
+        for key in ("cost", "cost_accuracy", "cost_latency") + (("cost_average",) if "Fast" in env_id else ()):
+            np.testing.assert_array_equal(np.asarray(i1[key], dtype=float), np.asarray(i2[key], dtype=float))
