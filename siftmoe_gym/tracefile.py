@@ -1,38 +1,61 @@
-"""The trace file format: router scores and expert similarity of a real (or synthetic) model.
+"""The trace file format: routing and expert similarity of a real (or synthetic) model.
 
-A trace is a ``.safetensors`` or ``.npz`` file holding
+A trace is a ``.safetensors`` or ``.npz`` file holding (version 2)
 
-=================  ===========  =========================================
+=================  ===========  ==========================================================
 array              shape        meaning
-=================  ===========  =========================================
-``router_probs``   (T, L, N)    router probabilities per token and layer
-``topk``           (T, L, k)    top-k expert indices (descending score)
+=================  ===========  ==========================================================
+``router_probs``   (T, L, N)    the router's scores as the model defines them, in [0, 1]:
+                                softmax probabilities or sigmoid scores (``router_score``)
+``topk``           (T, L, k)    the experts the model selected, slots by descending gate
+``gates``          (T, L, k)    the gates the model applied to those slots (after
+                                renormalization, bias correction and routed scaling)
 ``hidden_norms``   (T, L)       ``||x||`` of the layer input
 ``delta``          (L, N, N)    dissimilarity, symmetric, zero diagonal
 ``sigma``          (L, N)       skip cost (positive)
-=================  ===========  =========================================
+=================  ===========  ==========================================================
 
 and JSON metadata (safetensors' metadata dict, or an ``__meta__`` byte array
 in npz): ``format = "siftmoe-trace"``, ``version``, ``num_experts``,
 ``top_k``, ``num_layers``, ``hidden_size``, ``renormalize_gates`` (a JSON
-bool), ``quantile`` and free-form ``model``/``source`` strings; extraction
-(:mod:`siftmoe_gym.traces`) adds ``gate_mode`` (``"renormalized"``,
-``"plain"`` or ``"explicit"``) and ``router_score`` (``"softmax"`` or
-``"sigmoid"``).
+bool: the gates are ``p[S] / sum p[S]``), ``quantile`` and free-form
+``model``/``source`` strings; extraction (:mod:`siftmoe_gym.traces`) adds
+``router_score`` (``"softmax"`` or ``"sigmoid"``), ``gate_mode``
+(``"renormalized"``, ``"plain"`` or ``"explicit"``: which rule the stored
+gates follow, decided at the tolerance of the model's dtype), ``gate_rule``
+(the family's published rule in words) and ``routed_scaling_factor``.
+
+Scores and gates are stored separately because real routers separate them:
+DeepSeek-V3 selects by bias-corrected sigmoid scores and applies
+renormalized gates times 2.5, DeepSeek-V2 applies softmax probabilities
+times 16, PhiMoE applies sparsemixer gates.  The environments observe the
+scores (``router_probs`` block, [0, 1]) and serve with the gates, so the
+error bound ``sum_i g_i Delta_{i,a(i)}`` and the skip bound use what the
+model really multiplies its experts' outputs by (a routed scaling factor
+scales bounds and relative budgets alike).
+
+Version 1 files (no ``gates`` array) still load: their gates are recomputed
+from ``router_probs`` at the top-k positions, renormalized when
+``renormalize_gates``; with ``gate_mode = "explicit"`` those positions hold
+the model's gates instead of scores (up to :data:`MAX_GATE`).
+:meth:`Trace.applied_gates`, :meth:`Trace.observed_scores` and
+:meth:`Trace.popularity` give every version's gates, [0, 1] scores and
+expert popularity.  :func:`save_trace` writes version 2 when the trace holds
+gates, version 1 otherwise.
 
 What the arrays promise, and :meth:`Trace.validate` checks (a
 :class:`TraceError` naming the array or key and the first bad row ``(t, l)``):
 
 - every value finite;
-- ``router_probs`` in [0, 1]: softmax or sigmoid scores.  With ``gate_mode =
-  "explicit"`` the top-k positions hold the model's own gates instead, which
-  may exceed 1 (DeepSeek's ``routed_scaling_factor``), up to
-  :data:`MAX_GATE`; the environments clip the observation to [0, 1];
+- ``router_probs`` in [0, 1] (version 1, ``gate_mode = "explicit"``: the
+  top-k positions may hold gates up to :data:`MAX_GATE`);
 - each row of ``router_probs`` sums to 1 (within :data:`SUM_TOL`) when the
-  scores are a softmax (``router_score`` ``"softmax"``, the default) and the
-  gates are not explicit;
-- ``topk`` rows: distinct indices in [0, N), in descending score order
-  (``router_probs`` at the slots non-increasing, up to :data:`ORDER_TOL`);
+  scores are a softmax (``router_score`` ``"softmax"``, the default), unless
+  a version-1 trace's gates are explicit;
+- ``topk`` rows: distinct indices in [0, N) in descending gate order (version
+  2: ``gates`` non-increasing; version 1: ``router_probs`` at the slots), up
+  to :data:`ORDER_TOL`;
+- ``gates`` (version 2) in [0, :data:`MAX_GATE`];
 - ``hidden_norms`` >= 0;
 - ``delta`` >= 0, symmetric with a zero diagonal, ``sigma`` > 0, both at most
   :data:`MAX_RATIO` (ratios of norms; keeps every error bound finite).
@@ -52,8 +75,12 @@ from typing import Any
 import numpy as np
 
 FORMAT = "siftmoe-trace"
-VERSION = 1
+VERSION = 2
+"""The version :func:`save_trace` writes for a trace with ``gates``."""
+VERSIONS = (1, 2)
+"""Versions :func:`load_trace` reads."""
 ARRAYS = ("router_probs", "topk", "hidden_norms", "delta", "sigma")
+"""Arrays of every version; version 2 adds ``gates``."""
 META_INT = ("num_experts", "top_k", "num_layers", "hidden_size")
 GATE_MODES = ("renormalized", "plain", "explicit")
 ROUTER_SCORES = ("softmax", "sigmoid")
@@ -63,7 +90,7 @@ ORDER_TOL = 1e-4
 """Tolerance of the descending-order test of the top-k slots (extraction sorts by the model's own gates, which
 match the stored scores to 1e-5 relative)."""
 MAX_GATE = 1e3
-"""Largest explicit gate accepted at a top-k position (``gate_mode = "explicit"``)."""
+"""Largest gate accepted (version 2 ``gates``; version 1 top-k positions with ``gate_mode = "explicit"``)."""
 MAX_RATIO = 1e6
 """Largest ``delta`` / ``sigma`` accepted (relative output deviations)."""
 
@@ -74,6 +101,8 @@ class TraceError(ValueError):
 
 @dataclass
 class Trace:
+    """A recorded trace (module docstring); ``gates`` is ``None`` for a version-1 trace."""
+
     router_probs: np.ndarray
     topk: np.ndarray
     hidden_norms: np.ndarray
@@ -87,16 +116,22 @@ class Trace:
     quantile: float = 0.99
     model: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    gates: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:
         return self.router_probs.shape[0]
 
+    @property
+    def version(self) -> int:
+        """2 when the trace stores the applied gates, else 1."""
+        return 1 if self.gates is None else 2
+
     def metadata(self) -> dict[str, Any]:
         return {
             **self.extra,  # first: free-form extras never override the fixed keys
             "format": FORMAT,
-            "version": VERSION,
+            "version": self.version,
             "num_experts": self.num_experts,
             "top_k": self.top_k,
             "num_layers": self.num_layers,
@@ -106,7 +141,35 @@ class Trace:
             "model": self.model,
         }
 
+    def applied_gates(self) -> np.ndarray:
+        """The gates the model applied, (T, L, k) float64: ``gates`` (version 2); version 1: ``router_probs`` at
+        the top-k positions, divided by their sum when ``renormalize_gates`` (explicit gates are stored there)."""
+        if self.gates is not None:
+            return np.asarray(self.gates, dtype=np.float64)
+        gates = np.take_along_axis(self.router_probs.astype(np.float64), self.topk.astype(np.int64), axis=-1)
+        if self.renormalize_gates:
+            gates = gates / np.maximum(gates.sum(axis=-1, keepdims=True), 1e-300)
+        return gates
+
+    def observed_scores(self) -> np.ndarray:
+        """Router scores in [0, 1], (T, L, N) float64: ``router_probs`` (version 2, checked to lie in [0, 1]);
+        version 1 clips the explicit gates some of its top-k positions hold to 1."""
+        probs = self.router_probs.astype(np.float64)
+        return np.minimum(probs, 1.0) if np.any(probs > 1.0) else probs
+
+    def popularity(self) -> np.ndarray:
+        """Expert popularity (L, N): the share of (token, slot) selections each expert received,
+        ``mean_t 1[i in S_t] / k`` (rows sum to 1).  Counted from ``topk``, not from the scores: DeepSeek-V3 and
+        GLM-4.5 select by bias-corrected scores, ERNIE by scores plus a statistics bias, so their raw scores
+        can rank experts against the selection."""
+        t, nl, k = self.topk.shape
+        counts = np.zeros((nl, self.num_experts))
+        rows = np.broadcast_to(np.arange(nl)[None, :, None], self.topk.shape)
+        np.add.at(counts, (rows.reshape(-1), self.topk.reshape(-1).astype(np.int64)), 1.0)
+        return counts / (t * k)
+
     def validate(self) -> "Trace":
+        """Check every promise of the module docstring; returns ``self`` or raises :class:`TraceError`."""
         n, k, l = self.num_experts, self.top_k, self.num_layers
         t = self.router_probs.shape[0] if self.router_probs.ndim == 3 else -1
         want = {
@@ -116,6 +179,8 @@ class Trace:
             "delta": (l, n, n),
             "sigma": (l, n),
         }
+        if self.gates is not None:
+            want["gates"] = (t, l, k)
         for name, shape in want.items():
             arr = getattr(self, name)
             if not isinstance(arr, np.ndarray) or arr.shape != shape:
@@ -150,15 +215,23 @@ class Trace:
         probs = self.router_probs
         if np.any(probs < 0):
             raise TraceError(f"router_probs must be >= 0{_first(probs < 0, 'router_probs')}")
-        explicit = gate_mode == "explicit"
+        explicit = self.gates is None and gate_mode == "explicit"  # version 1: top-k positions hold the gates
         over = probs > 1.0
-        if explicit:  # the top-k positions hold the model's gates
+        if explicit:
             np.put_along_axis(over, topk, False, axis=-1)
         if over.any():
             raise TraceError(f"router_probs must be <= 1 (probabilities or scores){_first(over, 'router_probs')}")
-        sel = np.take_along_axis(probs, topk, axis=-1)
-        if explicit and np.any(sel > MAX_GATE):
-            raise TraceError(f"router_probs holds an explicit gate > {MAX_GATE:g}{_first(sel > MAX_GATE, 'router_probs')}")
+        if self.gates is None:
+            sel = np.take_along_axis(probs, topk, axis=-1)
+            if explicit and np.any(sel > MAX_GATE):
+                raise TraceError(f"router_probs holds an explicit gate > {MAX_GATE:g}{_first(sel > MAX_GATE, 'router_probs')}")
+            order_name = "router_probs"
+        else:
+            sel = self.gates
+            if np.any(sel < 0) or np.any(sel > MAX_GATE):
+                bad = (sel < 0) | (sel > MAX_GATE)
+                raise TraceError(f"gates must be in [0, {MAX_GATE:g}]{_first(bad, 'gates')}")
+            order_name = "gates"
         if score == "softmax" and not explicit:
             off = np.abs(probs.sum(axis=-1, dtype=np.float64) - 1.0) > SUM_TOL
             if off.any():
@@ -167,7 +240,7 @@ class Trace:
         if k > 1:
             desc = (sel[..., 1:] > sel[..., :-1] + ORDER_TOL * np.maximum(1.0, np.abs(sel[..., :-1]))).any(axis=-1)
             if desc.any():
-                raise TraceError(f"topk slots must be in descending router_probs order{_first(desc, 'topk')}")
+                raise TraceError(f"topk slots must be in descending {order_name} order{_first(desc, 'topk')}")
         if np.any(self.hidden_norms < 0):
             raise TraceError(f"hidden_norms must be >= 0{_first(self.hidden_norms < 0, 'hidden_norms')}")
         if np.any(self.delta < 0) or np.any(self.sigma <= 0):
@@ -187,13 +260,16 @@ def _first(mask: np.ndarray, name: str) -> str:
     if not len(idx):
         return ""
     pos = tuple(int(i) for i in idx[0])
-    if name in ("router_probs", "topk", "hidden_norms") and len(pos) >= 2:
+    if name in ("router_probs", "topk", "gates", "hidden_norms") and len(pos) >= 2:
         return f" (first at token {pos[0]}, layer {pos[1]}: row {pos[:2]})"
     return f" (first at index {pos})"
 
 
 def save_trace(trace: Trace, path: str | Path) -> Path:
-    """Write ``trace`` to ``path`` (``.safetensors`` or ``.npz`` by suffix)."""
+    """Write ``trace`` to ``path`` (``.safetensors`` or ``.npz`` by suffix): version 2 with ``gates``, else version 1.
+
+    Scores, gates and norms are stored as float32, ``delta``/``sigma`` as float64, ``topk`` as int32.
+    Raises :class:`TraceError` for an invalid trace or another suffix."""
     trace.validate()
     path = Path(path)
     arrays = {
@@ -203,6 +279,8 @@ def save_trace(trace: Trace, path: str | Path) -> Path:
         "delta": np.ascontiguousarray(trace.delta, dtype=np.float64),
         "sigma": np.ascontiguousarray(trace.sigma, dtype=np.float64),
     }
+    if trace.gates is not None:
+        arrays["gates"] = np.ascontiguousarray(trace.gates, dtype=np.float32)
     meta = json.dumps(trace.metadata())
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
@@ -252,18 +330,21 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 
 def load_trace(path: str | Path) -> Trace:
-    """Read and check a trace file; raises :class:`TraceError` on any problem."""
+    """Read and check a trace file of any version in :data:`VERSIONS`; raises :class:`TraceError` on any
+    problem (a version-1 file loads with ``gates = None``; its gates come from :meth:`Trace.applied_gates`)."""
     path = Path(path)
     arrays, meta = _read(path)
     if meta.get("format") != FORMAT:
         raise TraceError(f"{str(path)!r} is not a siftmoe trace (format={meta.get('format')!r})")
-    if meta.get("version") != VERSION:
-        raise TraceError(f"{str(path)!r} has trace version {meta.get('version')!r}; this siftmoe_gym reads version {VERSION}")
+    version = meta.get("version")
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise TraceError(f"{str(path)!r} has trace version {version!r}; this siftmoe_gym reads versions "
+                         f"{', '.join(map(str, VERSIONS))} (writes version {VERSION})")
     for key in META_INT:
         value = meta.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TraceError(f"trace metadata {key}={meta.get(key)!r} must be a positive integer")
-    missing = [a for a in ARRAYS if a not in arrays]
+    missing = [a for a in ARRAYS + (("gates",) if version == 2 else ()) if a not in arrays]
     if missing:
         raise TraceError(f"trace file {str(path)!r} lacks array(s) {missing}")
     renorm = meta.get("renormalize_gates", True)
@@ -280,5 +361,6 @@ def load_trace(path: str | Path) -> Trace:
         quantile=float(quantile),
         model=str(meta.get("model", "")),
         extra={k: v for k, v in meta.items() if k not in known},
+        gates=arrays["gates"] if version == 2 else None,
     )
     return trace.validate()

@@ -92,15 +92,9 @@ class TraceWorkload:
     def __init__(self, config: SystemConfig, trace: Trace):
         self.config = config
         self.trace = trace
-        probs = trace.router_probs.astype(np.float64)
         topk = trace.topk.astype(np.int64)
-        gates = np.take_along_axis(probs, topk, axis=-1)
-        if trace.renormalize_gates:
-            gates = gates / np.maximum(gates.sum(axis=-1, keepdims=True), 1e-300)
-        # explicit gates (gate_mode "explicit") may exceed 1 at the top-k positions: the gates keep them, the
-        # router scores the environments observe are clipped to [0, 1]
-        obs_probs = np.minimum(probs, 1.0) if np.any(probs > 1.0) else probs
-        self._probs, self._topk, self._gates = obs_probs, topk, gates
+        gates = trace.applied_gates()  # the gates the model applied (tracefile: stored, or v1's rule)
+        self._probs, self._topk, self._gates = trace.observed_scores(), topk, gates  # scores in [0, 1]
         self._norms = trace.hidden_norms.astype(np.float64)
         sigma = trace.sigma.astype(np.float64)
         layers = np.arange(trace.num_layers)[None, :, None]
@@ -108,7 +102,7 @@ class TraceWorkload:
             delta=trace.delta.astype(np.float64),
             sigma=sigma,
             skip_bound=np.mean(np.sum(gates * sigma[layers, topk], axis=-1), axis=0),
-            popularity=probs.mean(axis=0),
+            popularity=trace.popularity(),  # share of selections (Trace.popularity)
             norm_scale=np.maximum(np.median(self._norms, axis=0), 1e-12),
             source=f"trace:{trace.model}",
         )

@@ -96,7 +96,7 @@ def test_wrong_version(tmp_path, suffix):
     tr = synthetic_trace()
     meta = {**tr.metadata(), "version": VERSION + 1}
     path = write_raw(tmp_path / f"t{suffix}", raw_arrays(tr), meta)
-    with pytest.raises(TraceError, match=rf"version {VERSION + 1}.*reads version {VERSION}"):
+    with pytest.raises(TraceError, match=rf"version {VERSION + 1}.*reads versions 1, 2 \(writes version {VERSION}\)"):
         load_trace(path)
 
 
@@ -210,3 +210,110 @@ def test_save_refuses_invalid_trace(tmp_path):
 def test_trace_error_is_value_error():
     assert issubclass(TraceError, ValueError)
     assert FORMAT == "siftmoe-trace"
+
+
+# ---------------------------------------------------------------- version 2: scores and applied gates apart
+def v2_trace(tokens=24, seed=1, scale=2.5) -> Trace:
+    """Sigmoid scores, a bias-corrected selection that is not the scores' own top-k, and renormalized gates times
+    ``scale`` (the DeepSeek-V3 rule) computed here from the scores."""
+    rng = np.random.default_rng(seed)
+    n, k, nl = CFG.num_experts, CFG.top_k, CFG.num_layers
+    scores = 1.0 / (1.0 + np.exp(-rng.normal(size=(tokens, nl, n))))
+    bias = rng.normal(scale=0.3, size=n)
+    topk = np.argsort(-(scores + bias), axis=-1, kind="stable")[..., :k]
+    sel = np.take_along_axis(scores, topk, axis=-1)
+    order = np.argsort(-sel, axis=-1, kind="stable")  # slots by descending gate
+    topk, sel = np.take_along_axis(topk, order, -1), np.take_along_axis(sel, order, -1)
+    gates = sel / sel.sum(axis=-1, keepdims=True) * scale
+    tr = synthetic_trace(tokens)
+    tr.router_probs, tr.topk, tr.gates = scores, topk, gates
+    tr.renormalize_gates = False
+    tr.extra = {"router_score": "sigmoid", "gate_mode": "explicit", "routed_scaling_factor": scale}
+    return tr
+
+
+def test_v2_round_trip_keeps_scores_and_gates_apart(tmp_path, suffix):
+    tr = v2_trace().validate()
+    assert tr.version == 2
+    back = load_trace(save_trace(tr, tmp_path / f"t{suffix}"))
+    assert back.version == 2 and back.metadata()["version"] == 2 == VERSION
+    np.testing.assert_array_equal(back.gates, tr.gates.astype(np.float32))
+    np.testing.assert_array_equal(back.router_probs, tr.router_probs.astype(np.float32))
+    np.testing.assert_allclose(back.applied_gates().sum(axis=-1), 2.5, rtol=1e-6)  # the scaling is kept
+    obs = back.observed_scores()
+    assert obs.min() >= 0.0 and obs.max() <= 1.0
+    np.testing.assert_array_equal(obs, back.router_probs.astype(np.float64))  # scores observed as stored
+
+
+def test_v1_files_still_load_with_their_gate_rule(tmp_path, suffix):
+    tr = synthetic_trace()
+    path = save_trace(tr, tmp_path / f"t{suffix}")
+    meta = load_trace(path).metadata()
+    assert meta["version"] == 1
+    back = load_trace(path)
+    assert back.gates is None and back.version == 1
+    sel = np.take_along_axis(back.router_probs.astype(np.float64), back.topk, axis=-1)
+    np.testing.assert_allclose(back.applied_gates(), sel / sel.sum(axis=-1, keepdims=True))  # renormalized
+    back.renormalize_gates = False
+    np.testing.assert_array_equal(back.applied_gates(), sel)
+    # a v1 "explicit" trace: the top-k positions hold the model's gates (here 16 x the score), observed clipped
+    probs = back.router_probs.astype(np.float64)
+    np.put_along_axis(probs, back.topk, 16 * sel, axis=-1)
+    back.router_probs, back.extra = probs, {"gate_mode": "explicit"}
+    back.validate()
+    np.testing.assert_allclose(back.applied_gates(), 16 * sel)
+    assert back.observed_scores().max() <= 1.0
+
+
+def test_popularity_counts_selections_not_scores():
+    tr = v2_trace(tokens=400, seed=3)
+    pop = tr.popularity()
+    np.testing.assert_allclose(pop.sum(axis=1), 1.0)
+    want = np.stack([np.bincount(tr.topk[:, l].ravel(), minlength=CFG.num_experts) for l in range(CFG.num_layers)])
+    np.testing.assert_allclose(pop, want / (400 * CFG.top_k))
+    # with a selection bias the mean raw score ranks experts differently from the selection counts
+    assert not np.array_equal(np.argsort(-pop[0]), np.argsort(-tr.router_probs[:, 0].mean(axis=0)))
+
+
+@pytest.mark.parametrize("what, match", [
+    ("negative", r"gates must be in \[0, 1000\] \(first at token 2, layer 1"),
+    ("huge", r"gates must be in \[0, 1000\]"),
+    ("order", r"topk slots must be in descending gates order \(first at token 2, layer 1"),
+    ("nan", r"'gates' holds NaN"),
+    ("shape", r"'gates' has shape \(24, 3, 1\), expected \(24, 3, 2\)"),
+    ("score_over_one", r"router_probs must be <= 1"),
+    ("missing", r"lacks array\(s\) \['gates'\]"),
+])
+def test_v2_bad_gates_are_named(tmp_path, suffix, what, match):
+    tr = v2_trace()
+    arrays = {**raw_arrays(tr), "gates": tr.gates.astype(np.float32)}
+    g = arrays["gates"]
+    if what == "negative":
+        g[2, 1, 1] = -0.5
+    elif what == "huge":
+        g[2, 1, 0] = 2e3
+    elif what == "order":
+        g[2, 1] = [0.1, 2.0]
+    elif what == "nan":
+        g[0, 0, 0] = np.nan
+    elif what == "shape":
+        arrays["gates"] = g[..., :1]
+    elif what == "score_over_one":
+        np.put_along_axis(arrays["router_probs"], tr.topk, g, axis=-1)  # v1's explicit layout is refused in v2
+    else:
+        del arrays["gates"]
+    with pytest.raises(TraceError, match=match):
+        load_trace(write_raw(tmp_path / f"t{suffix}", arrays, tr.metadata()))
+
+
+def test_v2_softmax_scores_must_sum_to_one(tmp_path):
+    tr = synthetic_trace()
+    sel = np.take_along_axis(tr.router_probs, tr.topk, axis=-1)
+    tr.gates = 16.0 * sel  # DeepSeek-V2: p_i times routed_scaling_factor 16, rows of scores still a softmax
+    tr.renormalize_gates = False
+    back = load_trace(save_trace(tr, tmp_path / "t.npz"))
+    assert back.observed_scores().max() <= 1.0 and back.applied_gates().max() > 1.0
+    arrays = {**raw_arrays(tr), "gates": tr.gates.astype(np.float32)}
+    arrays["router_probs"][5, 2] *= 0.5
+    with pytest.raises(TraceError, match=r"rows must sum to 1.*\(first at token 5, layer 2"):
+        load_trace(write_raw(tmp_path / "u.npz", arrays, tr.metadata()))
