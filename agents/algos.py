@@ -29,6 +29,7 @@ class AlgoSpec:
     masked: bool = False
     recurrent: bool = False
     off_policy: bool = False
+    needs_cost: bool = False  # the learner reads info["cost"] (the native SB3 adapter must copy it)
 
     def load_class(self):
         import importlib
@@ -39,6 +40,9 @@ class AlgoSpec:
 ALGOS: dict[str, AlgoSpec] = {
     "ppo": AlgoSpec("ppo", "stable_baselines3", "PPO", (spaces.MultiBinary, spaces.Discrete),
                     "Proximal Policy Optimization (SB3)"),
+    "ppo_lag": AlgoSpec("ppo_lag", "agents.lagrangian", "PPOLagrangian", (spaces.MultiBinary, spaces.Discrete),
+                        "PPO-Lagrangian: PPO on r - lambda * cost, lambda by dual ascent on the excess cost rate",
+                        needs_cost=True),
     "a2c": AlgoSpec("a2c", "stable_baselines3", "A2C", (spaces.MultiBinary, spaces.Discrete),
                     "Advantage Actor-Critic (SB3)"),
     "dqn": AlgoSpec("dqn", "stable_baselines3", "DQN", (spaces.Discrete,),
@@ -52,6 +56,7 @@ ALGOS: dict[str, AlgoSpec] = {
 
 ALIASES = {
     "maskable_ppo": "ppo_mask", "maskableppo": "ppo_mask", "maskable-ppo": "ppo_mask", "mppo": "ppo_mask",
+    "ppo_lagrangian": "ppo_lag", "ppo-lag": "ppo_lag", "ppolag": "ppo_lag",
     "recurrent_ppo": "ppo_lstm", "recurrentppo": "ppo_lstm", "recurrent-ppo": "ppo_lstm", "rppo": "ppo_lstm",
 }
 

@@ -106,7 +106,8 @@ def make_vec_env(
 
         if not has_native(env_id):
             raise AgentConfigError(f"{env_id} has no native vector env; use --vec dummy or subproc")
-        return make_sb3_vec_env(env_id, n_envs, seed=int(seed), vec="native", **(env_kwargs or {}))
+        keys = ("cost",) if get_algo(algo).needs_cost else ()
+        return make_sb3_vec_env(env_id, n_envs, seed=int(seed), vec="native", step_info_keys=keys, **(env_kwargs or {}))
     factory = _EnvFactory(env_id, env_kwargs, wrapper, get_algo(algo).masked)
     fns = [factory for _ in range(n_envs)]
     if vec == "dummy":

@@ -133,6 +133,20 @@ def import_by_name(dotted: str):
         raise AgentConfigError(f"cannot import {dotted!r}: {exc}") from None
 
 
+def constructor_parameters(cls) -> set[str]:
+    """Names ``cls(...)`` accepts: its ``__init__``'s, and while an ``__init__`` passes ``**kwargs`` on, its bases'
+    (a subclass such as :class:`agents.lagrangian.PPOLagrangian` takes every PPO argument)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
 def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Split raw hyperparameters into ``(trainer_options, algorithm_kwargs)``.
 
@@ -172,7 +186,7 @@ def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], d
     _check_ranges(params)
 
     cls = spec.load_class()
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "env"}
+    accepted = constructor_parameters(cls) - {"self", "env"}
     unknown = sorted(k for k in params if k not in accepted)
     if unknown:
         raise AgentConfigError(
@@ -190,6 +204,8 @@ RANGES = {  # key: (low, high, low inclusive): the values SB3 can train with
     "exploration_fraction": (0.0, 1.0, True), "exploration_initial_eps": (0.0, 1.0, True),
     "exploration_final_eps": (0.0, 1.0, True), "target_update_interval": (1, 1 << 30, True),
     "learning_starts": (0, 1 << 30, True), "gradient_steps": (-1, 1 << 20, True),
+    "cost_limit": (0.0, 1e6, True), "lagrangian_lr": (0.0, 1e6, False), "lagrangian_init": (0.0, 1e6, True),
+    "lagrangian_max": (0.0, 1e6, True),
 }
 INTEGER_KEYS = {"n_steps", "batch_size", "n_epochs", "buffer_size", "target_update_interval", "learning_starts",
                 "gradient_steps"}

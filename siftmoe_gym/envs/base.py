@@ -53,7 +53,7 @@ from .observations import (
     OBS_MODES, FeatureTables, ObservationLayout, as_dict, link_margin_db, one_token_threshold_gain, segments,
     static_features,
 )
-from .rewards import worst_error_rows
+from .rewards import avoidable_rows, worst_error_rows
 
 SETTINGS = ("decode", "prefill", "fastfading")
 RENDER_MODES = ("ansi", "rgb_array", "human")
@@ -194,6 +194,7 @@ class SiftMoEEnv(gym.Env):
         self.compute_cost = float(cfg.compute_energy_j)
         # per layer and expert, the largest dissimilarity to any server (or the skip cost): the worst error rows
         self._worst_row = worst_error_rows(sysm.delta_ext)  # (L, N)
+        self._node_ext = np.concatenate([sysm.node_of, np.zeros((sysm.node_of.shape[0], 1), np.int64)], axis=1)  # (L, N+1)
         self.floor = self._reward_floor()
         self.table = ServingTable(sysm)
         self.budgets = np.asarray(sysm.budgets, dtype=np.float64)
@@ -352,6 +353,12 @@ class SiftMoEEnv(gym.Env):
         """The largest error bound any decision can reach at step ``s``: ``sum_i g_i max_j Delta_ext[i, j]``
         (the reward's ``err_worst``, :mod:`~siftmoe_gym.envs.rewards`)."""
         return float((self._gates[s] * self._worst_row[int(self._layers[s])][self._topk[s]]).sum())
+
+    def _avoidable(self, s: int, layer: int, feas: np.ndarray, thr: float) -> bool:
+        """Whether some decision on node 0 and the latency-feasible nodes (``feas`` (M+1,)) keeps step ``s``'s
+        error bound within ``thr``: the least bound ``sum_i g_i min_j Delta_ext[i, j]`` over those servers
+        and skip (slots are independent) passes :func:`~siftmoe_gym.bounds.within_budget`."""
+        return bool(avoidable_rows(self._dk[s][None], self._gates[s][None], feas[None], self._node_ext[layer], thr)[0])
 
     def _make_instance(self, cost, feas, viol, budget: float | None = None) -> DecodeInstance:
         s, layer = self._s, self.layer

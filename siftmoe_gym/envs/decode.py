@@ -159,7 +159,8 @@ class DecodeEnv(SiftMoEEnv):
     in the node-set modes, ``nodes_used`` otherwise), ``layer``, ``token``,
     and the constraint costs as safe-RL environments report them
     (Safety-Gymnasium's convention, :func:`siftmoe_gym.envs.rewards.constraint_costs`):
-    ``cost_accuracy`` (1.0 when ``err > budget``), ``cost_latency`` (1.0 on a
+    ``cost_accuracy`` (1.0 when ``err > budget`` although a decision on the
+    latency-feasible nodes keeps the budget), ``cost_latency`` (1.0 on a
     latency violation) and their sum ``cost``.
 
     ## Starting State
@@ -409,7 +410,7 @@ class DecodeEnv(SiftMoEEnv):
             "violation": violation, "latency_violation": lat,
             "assignment": assignment, "computed": computed, "nodes_used": used, "activated_nodes": active,
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
-            "layer": layer, "token": s // self.n_layers, **constraint_costs(violation, lat),
+            "layer": layer, "token": s // self.n_layers, **constraint_costs(violation and self._avoidable(s, layer, self._feas, eps), lat),
         }
         if res is None:  # (the _last property's storage, set directly: the hot path)
             self._last_v = (s, idx, payload, energy, err, lat, layer, eps, e_topk, reward)

@@ -102,7 +102,7 @@ class FastFadingEnv(SiftMoEEnv):
     ``mean_error_ratio`` (L,).  Constraint costs, as safe-RL environments
     report them (Safety-Gymnasium's convention, one ``cost_*`` per budget and
     their sum ``cost``): ``cost_accuracy`` 1.0 when ``err`` exceeds the cap
-    ``eps_max`` (else 0.0), ``cost_latency`` 1.0 on a latency violation,
+    ``eps_max`` although a decision on the latency-feasible nodes keeps it (else 0.0), ``cost_latency`` 1.0 on a latency violation,
     ``cost_average`` 0.0 except at the last step, where it is the episode's
     average excess ``T * sum_l max(0, mean_t err_{t,l} / eps_l - 1)`` (the
     average term of the reward over ``penalty``).
@@ -330,7 +330,7 @@ class FastFadingEnv(SiftMoEEnv):
             info["mean_error_ratio"] = mean_ratio
             self._episode_ready = False
         info["reward_average"] = r_avg
-        info.update(constraint_costs(cap_violation, res["lat"], excess))
+        info.update(constraint_costs(cap_violation and self._avoidable(s, layer, feas, cap), res["lat"], excess))
         reward = r_e + r_a + r_l + r_avg
         self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         return self._format_obs(self._observation()), reward, terminated, False, info

@@ -90,7 +90,8 @@ class PrefillEnv(SiftMoEEnv):
     went up) plus ``loads`` (after the step),
     ``block_energy_j`` (the layer's block energy so far) and
     ``reward_scale_j`` (``Ebar_l``), and the constraint costs ``cost_accuracy``
-    (1.0 when ``err > eps_l``), ``cost_latency`` (1.0 when the step increases
+    (1.0 when ``err > eps_l`` although a decision on the nodes that can take
+    one more token keeps it), ``cost_latency`` (1.0 when the step increases
     the block's latency overrun) and their sum ``cost`` (Safety-Gymnasium's
     convention, :func:`siftmoe_gym.envs.rewards.constraint_costs`).
 
@@ -271,7 +272,7 @@ class PrefillEnv(SiftMoEEnv):
             "activated_nodes": res["active"],
             "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
             "layer": layer, "token": s % self._T, "loads": self._loads.copy(),
-            "block_energy_j": self._block_energy, "reward_scale_j": e_bar, **constraint_costs(violation, res["lat"]),
+            "block_energy_j": self._block_energy, "reward_scale_j": e_bar, **constraint_costs(violation and self._avoidable(s, layer, feas, eps), res["lat"]),
         }
         self._last = {**res, "s": s, "layer": layer, "budget": eps, "topk_energy": e_topk, "reward": reward}
         self._s = s + 1

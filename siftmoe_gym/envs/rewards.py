@@ -103,12 +103,29 @@ COST_KEYS = ("cost", "cost_accuracy", "cost_latency")
 """The constraint-cost keys of every step's ``info`` (FastFading adds ``cost_average``)."""
 
 
+def avoidable_rows(dk: np.ndarray, gates: np.ndarray, feas: np.ndarray, node_ext: np.ndarray, thr) -> np.ndarray:
+    """Per row, whether a decision within the latency budget keeps the error bound within ``thr``.
+
+    ``dk`` (n, k, N+1): ``Delta_ext`` rows of the tokens' top-k slots (column ``N`` the skip cost);
+    ``gates`` (n, k); ``feas`` (n, M+1) bool, the links that meet the latency budget; ``node_ext`` (N+1,) the
+    node of each expert of the layer, then 0 for skip (always allowed).  The least error bound over
+    assignments to experts on feasible nodes or skip is ``sum_i g_i min_j Delta_ext[i, j]`` (the bound is
+    a sum over slots, each chosen on its own); the test is :func:`~siftmoe_gym.bounds.within_budget`.
+    Returns (n,) bool.
+    """
+    allowed = np.take(feas, node_ext, axis=1)  # (n, N+1)
+    least = (gates * np.where(allowed[:, None, :], dk, np.inf).min(axis=2)).sum(axis=1)
+    return within_budget(least, thr)
+
+
 def constraint_costs(accuracy_violation, latency_violation, average=None) -> dict:
     """A step's constraint costs as safe-RL environments report them (Safety-Gymnasium's convention: one
     ``cost_<constraint>`` per budget and their sum ``cost``), scalars or arrays over copies:
 
     - ``cost_accuracy``: 1.0 when the step's error bound breaks its per-step budget (Decode, Prefill:
-      ``eps_l``; FastFading: the cap ``eps_max``), else 0.0;
+      ``eps_l``; FastFading: the cap ``eps_max``) although a decision within the latency budget keeps it
+      (:func:`avoidable_rows`), else 0.0.  Violations no decision avoids (every feasible server too far off)
+      cost nothing: in Decode the optimum's cost rate is 0 and an agent's is its excess violation rate;
     - ``cost_latency``: 1.0 when the step violates the latency budget (``latency_violation > 0`` s), else 0.0;
     - ``cost_average`` (FastFading only, ``average`` not None): the episode's average excess
       (:func:`average_excess`) on its last step, 0.0 before.

@@ -253,6 +253,7 @@ def make_sb3_vec_env(
     vec: str = "native",
     *,
     info_keywords: Iterable[str] = (),
+    step_info_keys: Iterable[str] | str = (),
     monitor_dir: str | None = None,
     start_method: str | None = None,
     **env_kwargs: Any,
@@ -266,7 +267,8 @@ def make_sb3_vec_env(
     ``make_vec_env``).  With ``seed``, copy ``i`` is reset with ``seed + i``
     at the first ``reset()`` in every route.  ``info_keywords`` go into
     ``info["episode"]`` (Monitor's ``info_keywords``); the episode metric
-    keys are valid there.  ``env_kwargs`` go to ``gym.make`` /
+    keys are valid there.  ``step_info_keys`` (native route only; the others carry every key): the per-step
+    keys copied into each copy's info, e.g. ``("cost",)``.  ``env_kwargs`` go to ``gym.make`` /
     ``gym.make_vec`` (``config``, ``action_mode``, ``obs_mode``, ...).
     """
     if vec not in VEC_KINDS:
@@ -277,7 +279,8 @@ def make_sb3_vec_env(
     if vec == "native" and has_native(env_id):
         if monitor_dir is not None:
             raise ValueError("monitor_dir needs vec='dummy' or 'subproc' (the native adapter logs through info['episode'])")
-        venv: VecEnv = SiftMoESB3VecEnv(env_id, int(n_envs), info_keywords=info_keywords, **env_kwargs)
+        venv: VecEnv = SiftMoESB3VecEnv(env_id, int(n_envs), info_keywords=info_keywords,
+                                        step_info_keys=step_info_keys, **env_kwargs)
         if seed is not None:
             venv.seed(seed)
         return venv

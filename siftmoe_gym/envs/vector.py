@@ -53,7 +53,7 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .prefill import PrefillEnv
 from .observations import budget_features
-from .rewards import average_excess, constraint_costs, reward_terms_batch
+from .rewards import average_excess, avoidable_rows, constraint_costs, reward_terms_batch
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 
@@ -432,10 +432,10 @@ class SiftMoEVectorEnv(VectorEnv):
                 r_avg = -pen * excess
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
-            info.update(constraint_costs(over, lat, excess))
+            info.update(constraint_costs(self._avoidable(over, s, layer, cap), lat, excess))
             reward = reward + r_avg
         else:
-            info.update(constraint_costs(violation, lat))
+            info.update(constraint_costs(self._avoidable(violation, s, layer, eps), lat))
         ones = self._mask()
         e, et, nv, nl = self._sums  # the episode's metrics so far (the whole episode's on its last step)
         if terminated:
@@ -448,6 +448,18 @@ class SiftMoEVectorEnv(VectorEnv):
         self._autoreset = terminated or truncated
         obs = self._format(self._observation())
         return obs, reward, np.full(n, terminated), np.full(n, truncated), info
+
+    def _avoidable(self, over: np.ndarray, s: int, layer: int, thr: float) -> np.ndarray:
+        """``over`` and'ed with whether a decision within the latency budget keeps each copy's error within
+        ``thr`` (:func:`~siftmoe_gym.envs.rewards.avoidable_rows`, computed for the violating copies only)."""
+        out = np.zeros(len(over), dtype=bool)
+        idx = np.flatnonzero(over)
+        if len(idx):
+            env = self.env
+            feas = self._feas[idx, s // env.n_layers] if self.setting == "fastfading" else self._feas[idx]
+            dk = env.system.delta_ext[layer][self._topk[idx, s]]
+            out[idx] = avoidable_rows(dk, self._gates[idx, s], feas, env._node_ext[layer], thr)
+        return out
 
     def _truncated(self) -> bool:
         """Whether ``max_episode_steps`` ends the episode at the step just taken (``TimeLimit``'s test)."""
