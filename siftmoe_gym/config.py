@@ -23,6 +23,7 @@ import yaml
 
 PLACEMENTS = ("round_robin", "contiguous", "random", "popular_local")
 FADINGS = ("rayleigh", "rician", "none")
+ROUTER_SCORES = ("softmax", "sigmoid")
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -70,7 +71,7 @@ SYSTEM_RANGES: dict[str, Range] = {
     "num_experts": Range("int", 2, 1024),
     "top_k": Range("int", 1, 64),  # and <= num_experts
     "num_layers": Range("int", 1, 256),
-    "num_nodes": Range("int", 1, 16),
+    "num_nodes": Range("int", 1, 16),  # the node-set action spaces have 2^M entries
     "hidden_size": Range("int", 1, 65536),
     "bits_per_element": Range("int", 1, 64),
     "bandwidth_hz": Range("float", 1e3, 1e10, "Hz"),
@@ -123,6 +124,10 @@ class SyntheticModelConfig:
     the dissimilarity ratio does not depend on the hidden-state scale), drawn
     in ``num_clusters`` clusters: each expert is its cluster's centre plus a
     relative perturbation of size ``cluster_spread``, so similar experts exist.
+    ``router_score`` is how router logits become scores: ``"softmax"`` over
+    the experts (Mixtral, Qwen, OLMoE) or ``"sigmoid"`` per expert (the
+    DeepSeek-V3 style; scores in (0, 1) that need not sum to 1, gates
+    renormalized over the top-k when ``renormalize_gates``).
 
     Accepted ranges (``MODEL_RANGES``) are beside the fields; messages name a
     field ``model.<field>``.
@@ -136,11 +141,15 @@ class SyntheticModelConfig:
     popularity_skew: float = 0.5  # [0, 100], std of the router's per-expert bias
     topic_count: int = 6  # [1, 4096]
     calibration_tokens: int = 512  # [8, 65536]
+    router_score: str = "softmax"  # one of ROUTER_SCORES: softmax over the experts, or a sigmoid per expert
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first field outside its range (:data:`MODEL_RANGES`)."""
+        """Raise ``ValueError`` naming the first field outside its range (:data:`MODEL_RANGES`), or
+        ``model.router_score`` outside :data:`ROUTER_SCORES`."""
         for name, rng in MODEL_RANGES.items():
             rng.check(f"model.{name}", getattr(self, name))
+        if not isinstance(self.router_score, str) or self.router_score not in ROUTER_SCORES:
+            _fail("model.router_score", self.router_score, f"one of {ROUTER_SCORES}")
 
 
 @dataclass
@@ -341,9 +350,42 @@ PRESETS: dict[str, dict[str, Any]] = {
         "renormalize_gates": False,
         "model": {"num_clusters": 8, "calibration_tokens": 256},
     },
+    "deepseek-v3": {
+        "num_experts": 256,
+        "top_k": 8,
+        "num_layers": 58,
+        "hidden_size": 7168,
+        "num_nodes": 16,
+        "local_capacity": 16,
+        "renormalize_gates": True,
+        "model": {"num_clusters": 32, "calibration_tokens": 128, "router_score": "sigmoid"},
+    },
+    "qwen3-235b-a22b": {
+        "num_experts": 128,
+        "top_k": 8,
+        "num_layers": 94,
+        "hidden_size": 4096,
+        "num_nodes": 16,
+        "local_capacity": 8,
+        "renormalize_gates": True,
+        "model": {"num_clusters": 16, "calibration_tokens": 128},
+    },
 }
 """Named systems: the default small Mixtral-like one, a Qwen3-30B-A3B-like
-(N=128, k=8, L=48) and an OLMoE-like (N=64, k=8, L=16) one."""
+(N=128, k=8, L=48), an OLMoE-like (N=64, k=8, L=16), a DeepSeek-V3-like
+(N=256 routed experts, k=8, the 58 MoE layers, sigmoid router scores with the
+gates renormalized over the top-8, d=7168, 16 edge nodes holding 15 experts
+each and node 0 holding 16) and a Qwen3-235B-A22B-like (N=128, k=8, L=94,
+d=4096, 16 edge nodes) one.  Model sizes from the models' published
+configurations (``config.json``: ``n_routed_experts``, ``num_experts_per_tok``,
+``num_hidden_layers`` minus ``first_k_dense_replace``, ``hidden_size``).
+DeepSeek-V3's shared expert runs on node 0 for every token: it is never sent
+over a link and adds no error, so it changes no decision (its compute energy
+is the same constant in every decision, top-k's included) and the simulator
+leaves it out.  The synthetic models of the large presets use 128
+calibration tokens (their ``Delta`` is the 0.99-quantile, i.e. the second
+largest of 128 ratios); their ``Delta`` / ``sigma`` are cached on disk
+(:mod:`siftmoe_gym.cache`)."""
 
 
 def preset(name: str) -> SystemConfig:

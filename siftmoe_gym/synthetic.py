@@ -38,8 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import cache
+from .blocked_similarity import choose_method, similarity_blocks
 from .config import SystemConfig
-from .similarity import similarity_from_outputs
 
 
 def topk_gates(probs: np.ndarray, k: int, renormalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -80,16 +81,43 @@ class SyntheticLayer:
 
 
 class SyntheticMoE:
-    """The synthetic model of a :class:`SystemConfig` (seeded by ``model_seed``)."""
+    """The synthetic model of a :class:`SystemConfig` (seeded by ``model_seed``).
 
-    def __init__(self, config: SystemConfig):
+    Systems whose calibration is large (``N (N-1)/2 * T * d * L`` at least
+    :data:`CACHE_MIN_WORK`) keep their ``Delta``, ``sigma`` and routers in the
+    on-disk cache of :mod:`siftmoe_gym.cache`: on a hit the experts' weights
+    are not drawn until something asks for them (:attr:`layers`, replayed from
+    the same seed, so every number is the same as without the cache).
+    """
+
+    def __init__(self, config: SystemConfig, use_cache: bool = True):
         self.config = config
         m = config.model
         rng = np.random.default_rng([config.model_seed, 0x5F7])
-        n, dm, h, c = config.num_experts, m.model_dim, m.expert_hidden, m.num_clusters
+        dm = m.model_dim
         self.topics = rng.standard_normal((m.topic_count, dm))
         self.topics /= np.linalg.norm(self.topics, axis=1, keepdims=True)
-        self.layers: list[SyntheticLayer] = []
+        self._layers: list[SyntheticLayer] | None = None
+        self._calibration: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # Delta, sigma, probs
+        self._cache_key = None
+        n, nl = config.num_experts, config.num_layers
+        if use_cache and calibration_work(config) >= CACHE_MIN_WORK:
+            self._cache_key = cache.model_key(config)
+            t = m.calibration_tokens
+            hit = cache.load(self._cache_key, {"delta": (nl, n, n), "sigma": (nl, n), "routers": (nl, n, dm),
+                                               "biases": (nl, n), "probs": (t, nl, n)})
+            if hit is not None:
+                self._calibration = (hit["delta"], hit["sigma"], hit["probs"])
+                self._routers, self._biases = hit["routers"], hit["biases"]
+        if self._calibration is None:
+            self._draw_layers(rng)
+        self._routing_frame()
+
+    def _draw_layers(self, rng: np.random.Generator) -> None:
+        """Draw every layer's experts, router and bias from ``rng`` (positioned after the topics)."""
+        config, m = self.config, self.config.model
+        n, dm, h, c = config.num_experts, m.model_dim, m.expert_hidden, m.num_clusters
+        layers = []
         for _ in range(config.num_layers):
             cw1 = rng.standard_normal((c, h, dm)) / np.sqrt(dm)
             cw2 = rng.standard_normal((c, dm, h)) / np.sqrt(h)
@@ -104,8 +132,19 @@ class SyntheticMoE:
             rdir /= np.linalg.norm(rdir, axis=1, keepdims=True)
             router = 3.0 * rdir
             bias = m.popularity_skew * rng.standard_normal(n)
-            self.layers.append(SyntheticLayer(w1, w2, router, bias, cluster_of))
-        self._routing_frame()
+            layers.append(SyntheticLayer(w1, w2, router, bias, cluster_of))
+        self._layers = layers
+        self._routers = np.stack([lay.router for lay in layers])  # (L, N, dm)
+        self._biases = np.stack([lay.bias for lay in layers])  # (L, N)
+
+    @property
+    def layers(self) -> list[SyntheticLayer]:
+        """Every layer's experts and router (drawn on first use after a cache hit, from the same seed)."""
+        if self._layers is None:
+            rng = np.random.default_rng([self.config.model_seed, 0x5F7])
+            rng.standard_normal((self.config.model.topic_count, self.config.model.model_dim))  # the topics
+            self._draw_layers(rng)
+        return self._layers
 
     def _routing_frame(self) -> None:
         """Per layer, the router's coordinates of the hidden-state distribution (see the module docstring).
@@ -128,17 +167,18 @@ class SyntheticMoE:
         self._tau = np.zeros((nl, len(self.topics), self.noise_dims))
         self._proj = np.empty((nl, r0, n))
         self._bias_t = np.empty((nl, n))
-        for l, lay in enumerate(self.layers):
+        for l in range(nl):
+            router = self._routers[l]
             # rows of vt: an orthonormal basis of (a space holding) the router's row space
-            q = np.linalg.svd(lay.router, full_matrices=False)[2] if extra else np.eye(dm)
+            q = np.linalg.svd(router, full_matrices=False)[2] if extra else np.eye(dm)
             c = self.topics @ q.T  # (topics, r0)
             self._tau[l, :, :r0] = 1.5 * c
             if extra:
                 self._tau[l, :, r0] = 1.5 * np.linalg.norm(self.topics - c @ q, axis=1)
-            self._proj[l] = (q @ lay.router.T) / temp
-            self._bias_t[l] = lay.bias / temp
+            self._proj[l] = (q @ router.T) / temp
+            self._bias_t[l] = self._biases[l] / temp
         # |logit| <= (max row norm + |bias|) / temp: softmax needs no max subtraction when that is small
-        bound = (np.linalg.norm(np.stack([lay.router for lay in self.layers]), axis=-1).max()
+        bound = (np.linalg.norm(self._routers, axis=-1).max()
                  + np.abs(self._bias_t * temp).max()) / temp
         self._safe_exp = bool(bound < 300.0)
 
@@ -200,10 +240,13 @@ class SyntheticMoE:
             logits[:, :, l] = np.matmul(y[:, :, l, :r0], self._proj[l])  # one (T, r0) @ (r0, N) per stream
         logits *= inv[..., None]
         logits += self._bias_t
-        if not self._safe_exp:
-            logits -= logits.max(axis=-1, keepdims=True)
-        e = np.exp(logits)
-        e /= e.sum(axis=-1, keepdims=True)
+        if cfg.model.router_score == "sigmoid":
+            e = _sigmoid(logits)
+        else:
+            if not self._safe_exp:
+                logits -= logits.max(axis=-1, keepdims=True)
+            e = np.exp(logits)
+            e /= e.sum(axis=-1, keepdims=True)
         norms = np.sqrt(dm) * np.exp(0.25 * z[:, n_a:].reshape(b, t, nl))
         return e, norms
 
@@ -225,11 +268,11 @@ class SyntheticMoE:
         return x * scale
 
     def router_probs(self, x: np.ndarray, layer: int) -> np.ndarray:
-        """Router probabilities (T, N) for hidden states (T, dm) at ``layer``."""
-        lay = self.layers[layer]
+        """Router scores (T, N) for hidden states (T, dm) at ``layer``: softmax probabilities, or sigmoid
+        scores with ``model.router_score = "sigmoid"``."""
         u = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-300)
-        logits = (u @ lay.router.T + lay.bias) / self.config.model.router_temperature
-        return softmax(logits)
+        logits = (u @ self._routers[layer].T + self._biases[layer]) / self.config.model.router_temperature
+        return _sigmoid(logits) if self.config.model.router_score == "sigmoid" else softmax(logits)
 
     def all_router_probs(self, x: np.ndarray) -> np.ndarray:
         """Router probabilities (T, L, N) for hidden states (T, L, dm)."""
@@ -237,13 +280,54 @@ class SyntheticMoE:
 
     # ------------------------------------------------------------- similarity
     def calibrate(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Measure ``(Delta (L,N,N), sigma (L,N), probs (T,L,N), x (T,L,dm))`` on calibration tokens."""
+        """Measure ``(Delta (L,N,N), sigma (L,N), probs (T,L,N), x (T,L,dm))`` on calibration tokens.
+
+        ``Delta`` / ``sigma`` by :func:`~siftmoe_gym.blocked_similarity.similarity_blocks` (bit for bit
+        :func:`~siftmoe_gym.similarity.similarity_from_outputs` up to its exact-difference work limit),
+        read from and written to the on-disk cache for large systems (see the class docstring).
+        """
         cfg = self.config
         rng = np.random.default_rng([cfg.model_seed, 0xCA1])
         x = self.hidden_states(rng, cfg.model.calibration_tokens)
-        deltas, sigmas = [], []
-        for l, lay in enumerate(self.layers):
-            d, s = similarity_from_outputs(lay.expert_outputs(x[:, l]), x[:, l], q=cfg.quantile)
-            deltas.append(d)
-            sigmas.append(s)
-        return np.stack(deltas), np.stack(sigmas), self.all_router_probs(x), x
+        if self._calibration is None:
+            deltas, sigmas = [], []
+            n, t, d = cfg.num_experts, cfg.model.calibration_tokens, cfg.model.model_dim
+            exact = choose_method(n, t, d) == "exact"
+            for l, lay in enumerate(self.layers):
+                xl = x[:, l]
+                # the exact path keeps the original einsum (its bits); the Gram path one BLAS product per expert
+                out = lay.expert_outputs(xl) if exact else _expert_outputs_blas(lay, xl)
+                dl, sl = similarity_blocks(out, xl, q=cfg.quantile, method="exact" if exact else "gram")
+                deltas.append(dl)
+                sigmas.append(sl)
+            self._calibration = (np.stack(deltas), np.stack(sigmas), self.all_router_probs(x))
+            if self._cache_key is not None:
+                delta, sigma, probs = self._calibration
+                cache.save(self._cache_key, {"delta": delta, "sigma": sigma, "probs": probs,
+                                             "routers": self._routers, "biases": self._biases})
+        delta, sigma, probs = self._calibration
+        return delta.copy(), sigma.copy(), probs.copy(), x
+
+CACHE_MIN_WORK = 1 << 26
+"""Smallest calibration work ``N (N-1)/2 * T * d * L`` whose results go to the on-disk cache (the OLMoE
+preset and larger; the default system, 1.8e6, is always computed)."""
+
+
+def calibration_work(config: SystemConfig) -> int:
+    """``N (N-1)/2 * T * d * L``: pairs x calibration tokens x model dimension x layers."""
+    n, m = config.num_experts, config.model
+    return n * (n - 1) // 2 * m.calibration_tokens * m.model_dim * config.num_layers
+
+
+def _expert_outputs_blas(lay: SyntheticLayer, x: np.ndarray) -> np.ndarray:
+    """:meth:`SyntheticLayer.expert_outputs` as one pair of matrix products per expert (N, T, dm)."""
+    out = np.empty((lay.w1.shape[0], x.shape[0], lay.w2.shape[1]))
+    for i in range(lay.w1.shape[0]):
+        out[i] = np.maximum(x @ lay.w1[i].T, 0.0) @ lay.w2[i].T
+    return out
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """``1 / (1 + e^-z)`` elementwise, without overflow warnings for large ``|z|``."""
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-z))

@@ -89,7 +89,11 @@ def test_presets_build_and_validate():
     assert (o.num_experts, o.top_k, o.num_layers, o.renormalize_gates) == (64, 8, 16, False)
     m = preset("mixtral-small")
     assert m == SystemConfig()
-    assert set(PRESETS) == {"mixtral-small", "qwen3-30b-a3b", "olmoe"}
+    assert set(PRESETS) == {"mixtral-small", "qwen3-30b-a3b", "olmoe", "deepseek-v3", "qwen3-235b-a22b"}
+    d = preset("deepseek-v3")
+    assert (d.num_experts, d.top_k, d.num_layers, d.hidden_size, d.model.router_score) == (256, 8, 58, 7168, "sigmoid")
+    w = preset("qwen3-235b-a22b")
+    assert (w.num_experts, w.top_k, w.num_layers, w.hidden_size, w.model.router_score) == (128, 8, 94, 4096, "softmax")
     # preset plus override
     c = make_config({"preset": "olmoe", "num_nodes": 8})
     assert c.num_nodes == 8 and c.num_experts == 64
