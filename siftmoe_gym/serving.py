@@ -209,7 +209,13 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     best_obj = beta * e0 if _within(e0, cap) else np.inf
     if not servers.size:
         return minerr, lambda c: np.full(k, -1, dtype=np.int64)
-    ws = np.where(gd < gsig[:, None], gd, _BIG).T @ inc_t  # (|A|, 2^k): group costs per server
+    better = gd < gsig[:, None]
+    keep = better.any(axis=0)  # servers that beat skipping some slot (the others are in no useful group)
+    if not keep.all():
+        if not keep.any():
+            return minerr, lambda c: np.full(k, -1, dtype=np.int64)
+        gd, better, servers = gd[:, keep], better[:, keep], servers[keep]
+    ws = np.where(better, gd, _BIG).T @ inc_t  # (|A|, 2^k): group costs per server
     w = ws.min(axis=0)
     useful = w < _BIG
     useful[0] = False
@@ -237,15 +243,17 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     vals = [None]
     best_state = [ns] * (k + 1)
     prev = levels[0]
+    tot = np.empty(ns)
     for c in range(1, k + 1):
         if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
             break
-        v = wk + prev[kpr_s]
+        v = prev.take(kpr_s)
+        v += wk
         cur = levels[c]
         np.minimum.reduceat(v, seg_starts, out=cur[:ns])
         vals.append(v)
         prev = cur
-        tot = cur[:ns] + comp_s
+        np.add(cur[:ns], comp_s, out=tot)
         m = int(tot.argmin())
         e = float(tot[m])
         if e == np.inf:
@@ -272,22 +280,36 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     return minerr, rebuild
 
 
-def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: float, wr: float) -> np.ndarray:
-    """Branch and bound over allowed node subsets; falls back to least error (ties cheaper)."""
+def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: float, wr: float,
+                  free_nodes: bool = True) -> np.ndarray:
+    """Branch and bound over allowed node subsets; falls back to least error (ties cheaper).
+
+    With ``free_nodes`` (the default) the allowed edge nodes that cost nothing (``node_cost == 0``, as the
+    activated nodes of a node-set action) are in every subset: adding them changes no subset's cost and
+    lowers no level's least error, so the optimum is among those subsets, and a node-set action is served by
+    one dynamic program instead of ``2^|U|``.  ``free_nodes=False`` enumerates them too (the reference the
+    tests compare with).
+    """
     k, n = len(inst.topk), inst.num_experts
     dk = inst.delta_ext[inst.topk]  # (k, N+1)
     g = inst.gates
     gsig = g * dk[:, n]
     edges = allowed[1:].nonzero()[0] + 1
-    a = len(edges)
     # best (least) dissimilarity per slot on each node, then on each allowed subset
     m1 = len(allowed)
     order_e, bounds, has = _node_groups(inst.node_of, m1)
     pernode = np.full((k, m1), np.inf)
     pernode[:, has] = np.minimum.reduceat(dk[:, order_e], bounds, axis=1)
+    base_nodes = np.zeros(m1, dtype=bool)
+    base_nodes[0] = True
+    if free_nodes:
+        free = edges[inst.node_cost[edges] == 0.0]
+        base_nodes[free] = True
+        edges = edges[inst.node_cost[edges] != 0.0]
+    a = len(edges)
     nsub = 1 << a
     best_per = np.empty((nsub, k))
-    best_per[0] = np.minimum(pernode[:, 0], dk[:, n])
+    best_per[0] = np.minimum(pernode[:, base_nodes].min(axis=1), dk[:, n])
     cost_u = np.zeros(nsub)
     for b in range(a):
         lo, hi = 1 << b, 1 << (b + 1)
@@ -310,8 +332,7 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
     for u in order:
         if lb[u] > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
             break
-        node_mask = np.zeros(m1, dtype=bool)
-        node_mask[0] = True
+        node_mask = base_nodes.copy()
         node_mask[edges[[b for b in range(a) if u >> b & 1]]] = True
         servers = node_mask[node_of].nonzero()[0]
         minerr, rebuild = _slot_dp(gdk[:, servers], gsig, servers, we * ec, wr, cap, float(errmin[u]))
