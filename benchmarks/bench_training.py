@@ -1,30 +1,28 @@
 #!/usr/bin/env python
-"""Learning-speed benchmark: steps and wall time until an agent reaches its final regret.
+"""Training benchmark: agents against the certified optimum in every setting, several seeds, learning curves.
 
-For every (environment, algorithm) pair, trains with the project's YAML
-hyperparameters (``agents/hyperparams``) through :func:`agents.training.train`,
-evaluating every ``--eval-freq`` steps against ``siftmoe`` (the optimum) and
-``topk`` on fixed seeded episodes, and reports:
+For every (environment, algorithm, seed), trains through :func:`agents.training.train` with the project's YAML
+hyperparameters (``agents/hyperparams/<algo>.yml``), evaluating every ``--eval-freq`` steps on the same
+seeded episodes against ``siftmoe`` (the certified optimum of the setting) and ``topk``.  Per evaluation it
+keeps the regret ``E / E_siftmoe - 1``, the excess violation rate (share of steps over a per-step budget
+beyond siftmoe's on the same episodes), the score and feasibility.  Across seeds it reports the mean and a
+95% t-interval at every evaluation point, and the final evaluation against the issue's targets (regret <= 1%
+Decode, 5% Prefill, 10% FastFading, excess violations <= 1% of steps).
 
-- the final regret ``E_agent / E_siftmoe - 1`` and violation rates;
-- ``steps_to_final`` / ``wall_to_final_s``: the first evaluation from which
-  the regret stays within ``--regret-tol`` (absolute, default 0.02 = 2 points)
-  of the final regret and the either-budget violation rate stays within
-  ``--viol-tol`` (default 0.005) of the final one;
-- ``steps_to_target``: the first evaluation with regret <= 10% and at most 1%
-  excess violations over siftmoe's on the same episodes (the issue's target),
-  or null.
+    python benchmarks/bench_training.py --envs siftmoe_gym/Decode-v0 siftmoe_gym/Prefill-v0 \\
+        siftmoe_gym/FastFading-v0 --algos ppo ppo_lag --seeds 0 1 2 --steps 1000000 --threads 1
 
-    python benchmarks/bench_training.py --steps 100000 --threads 1 \
-        --envs siftmoe_gym/Decode-v0 siftmoe_gym/FastFading-v0 --algos ppo ppo_mask
-
-Writes ``<out>.json`` and ``<out>.md`` (default ``benchmarks/results/bench_training``).
+Writes ``<out>.json`` (every run, written as each finishes; runs already in it are skipped, so a stopped
+benchmark resumes), ``<out>.md`` (the table) and ``<out>.png`` (regret and excess violations against
+steps, mean and 95% band per algorithm, one column per setting).  ``--report-only`` rebuilds the table and
+figure from the JSON file(s) given with ``--merge`` (runs of several processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -35,127 +33,206 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def settle_point(history, regret_tol: float, viol_tol: float):
-    """Index of the first evaluation after which regret and violations stay near their final values."""
-    if not history:
-        return None
-    fr, fv = history[-1]["regret"], history[-1]["any_violation_rate"]
-    idx = len(history) - 1
-    for i in range(len(history) - 1, -1, -1):
-        h = history[i]
-        if abs(h["regret"] - fr) <= regret_tol and h["any_violation_rate"] <= fv + viol_tol:
-            idx = i
-        else:
-            break
-    return idx
+TARGETS = {"Decode": 0.01, "Prefill": 0.05, "FastFading": 0.10}
+"""Regret targets of issue 14 per setting (the mean over seeds of the final evaluation)."""
+EXCESS_MAX = 0.01
+CURVE_KEYS = ("timesteps", "wall_s", "regret", "excess_violation_rate", "score", "feasible", "any_violation_rate",
+              "siftmoe_any_violation_rate", "mean_return")
 
 
-def target_point(history, regret_max: float = 0.10, excess_max: float = 0.01):
-    for i, h in enumerate(history):
-        if h["regret"] <= regret_max and h["excess_violation_rate"] <= excess_max:
-            return i
-    return None
+def setting_of(env_id: str) -> str:
+    name = env_id.split("/")[-1]
+    for key in TARGETS:
+        if name.startswith(key):
+            return key
+    raise ValueError(f"unknown setting of {env_id!r}")
 
 
-def run_one(env_id, algo, args):
+def run_one(env_id: str, algo: str, seed: int, args) -> dict:
     from agents.training import train
 
     t0 = time.perf_counter()
     res = train(
-        env_id=env_id, algo=algo, steps=args.steps, seed=args.seed, n_envs=args.n_envs, logdir=args.logdir,
-        run_name=f"bench_{env_id.split('/')[-1]}_{algo}_s{args.seed}_{int(time.time())}",
+        env_id=env_id, algo=algo, steps=args.steps, seed=seed, logdir=args.logdir,
+        run_name=f"bench_{env_id.split('/')[-1]}_{algo}_s{seed}_{int(time.time())}",
         eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, progress_bar=False,
         baselines=["siftmoe", "topk"], threads=args.threads, print_table=False,
-        hyperparams=args.hyperparams,
     )
-    total_wall = time.perf_counter() - t0
-    hist = res.history
-    i = settle_point(hist, args.regret_tol, args.viol_tol)
-    j = target_point(hist)
-    final = hist[-1]
-    curve = [{k: h[k] for k in ("timesteps", "wall_s", "regret", "violation_rate", "latency_violation_rate",
-                                "any_violation_rate", "excess_violation_rate", "saving_pct", "mean_return")}
-             for h in hist]
-    return {
-        "env_id": env_id, "algo": algo, "steps": res.timesteps, "total_wall_s": total_wall,
-        "final_regret": final["regret"], "final_violation_rate": final["violation_rate"],
-        "final_latency_violation_rate": final["latency_violation_rate"],
-        "final_any_violation_rate": final["any_violation_rate"],
-        "siftmoe_any_violation_rate": final["siftmoe_any_violation_rate"],
-        "final_saving_pct": final["saving_pct"], "siftmoe_saving_pct": final["siftmoe_saving_pct"],
-        "steps_to_final": hist[i]["timesteps"] if i is not None else None,
-        "wall_to_final_s": hist[i]["wall_s"] if i is not None else None,
-        "steps_to_target": hist[j]["timesteps"] if j is not None else None,
-        "wall_to_target_s": hist[j]["wall_s"] if j is not None else None,
-        "run_dir": str(res.run_dir), "curve": curve,
-    }
+    curve = [{k: h.get(k) for k in CURVE_KEYS} for h in res.history]
+    return {"env_id": env_id, "algo": algo, "seed": seed, "steps": res.timesteps,
+            "wall_s": time.perf_counter() - t0, "run_dir": str(res.run_dir), "curve": curve}
 
 
-def to_markdown(results, args) -> str:
+def mean_ci(values):
+    """``(mean, low, high)``: the mean and its 95% t-interval (the interval is the mean alone for one value)."""
+    from scipy import stats
+
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, m, m
+    sd = (sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    half = stats.t.ppf(0.975, len(vals) - 1) * sd / len(vals) ** 0.5
+    return m, m - half, m + half
+
+
+def groups(runs):
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        out.setdefault((r["env_id"], r["algo"]), []).append(r)
+    return out
+
+
+def aggregate(group: list[dict]) -> dict:
+    """Per evaluation index (the schedule is the same for every seed), mean and 95% CI of regret and excess."""
+    n = min(len(r["curve"]) for r in group)
+    pts = []
+    for i in range(n):
+        rows = [r["curve"][i] for r in group]
+        pts.append({"timesteps": rows[0]["timesteps"],
+                    "regret": mean_ci([x["regret"] for x in rows]),
+                    "excess": mean_ci([x["excess_violation_rate"] for x in rows])})
+    finals = [r["curve"][-1] for r in group]
+    return {"points": pts, "final_regret": mean_ci([f["regret"] for f in finals]),
+            "final_excess": mean_ci([f["excess_violation_rate"] for f in finals]),
+            "final_score": mean_ci([f["score"] for f in finals]),
+            "feasible": sum(bool(f["feasible"]) for f in finals), "seeds": sorted(r["seed"] for r in group),
+            "steps": max(r["steps"] for r in group), "wall_s": mean_ci([r["wall_s"] for r in group])[0]}
+
+
+def pct(triple, digits=1) -> str:
+    m, lo, hi = triple
+    if not math.isfinite(m):
+        return "n/a"
+    return f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
+
+
+def to_markdown(runs, meta) -> str:
     lines = [
-        f"Command: `{' '.join(sys.argv)}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch threads "
-        f"{args.threads}, n_envs {args.n_envs or 'from the YAML'}, eval every {args.eval_freq} steps on {args.eval_episodes} seeded episodes.",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; torch threads {meta['threads']}; evaluation every {meta['eval_freq']:,} steps "
+        f"on {meta['eval_episodes']} seeded episodes (the same for every run).",
         "",
-        "| env | algo | steps | wall (s) | final regret | final err viol. | final any viol. (siftmoe) | steps to final | wall to final (s) | steps to target |",
+        "| setting | algorithm | seeds | steps | final regret % (95% CI) | excess viol. % (95% CI) | score | feasible runs | target (regret, excess <= 1%) | wall per run (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
+    for (env_id, algo), group in sorted(groups(runs).items()):
+        a = aggregate(group)
+        tgt = TARGETS[setting_of(env_id)]
+        met = a["final_regret"][0] <= tgt and a["final_excess"][0] <= EXCESS_MAX and a["feasible"] == len(group)
         lines.append(
-            f"| {r['env_id']} | {r['algo']} | {r['steps']} | {r['total_wall_s']:.0f} | {100 * r['final_regret']:.2f}% "
-            f"| {100 * r['final_violation_rate']:.2f}% | {100 * r['final_any_violation_rate']:.2f}% "
-            f"({100 * r['siftmoe_any_violation_rate']:.2f}%) | {r['steps_to_final']} | "
-            f"{r['wall_to_final_s']:.0f} | {r['steps_to_target'] if r['steps_to_target'] is not None else 'not reached'} |"
-        )
-    lines.append("")
-    for r in results:
-        lines.append(f"Learning curve {r['env_id']} / {r['algo']} (steps: regret %, any-violation %):  ")
-        lines.append(", ".join(f"{c['timesteps']}: {100 * c['regret']:.1f}/{100 * c['any_violation_rate']:.1f}"
-                               for c in r["curve"]))
-        lines.append("")
+            f"| {env_id.split('/')[-1]} | {algo} | {len(group)} | {a['steps']:,} | {pct(a['final_regret'])} | "
+            f"{pct(a['final_excess'], 2)} | {a['final_score'][0]:.3f} | {a['feasible']}/{len(group)} | "
+            f"{'met' if met else 'not met'} (<= {100 * tgt:.0f}%) | {a['wall_s']:.0f} |")
+    lines += ["", "regret: E / E_siftmoe - 1 on the evaluation episodes (siftmoe: the certified optimum of the "
+              "setting); excess viol.: share of steps over a per-step budget (FastFading: the cap) beyond "
+              "siftmoe's; score: siftmoe's mean return / the agent's; feasible: excess <= 1% (FastFading also "
+              "every layer's average within budget); mean over seeds, 95% t-interval."]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--envs", nargs="+", default=["siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0"])
-    p.add_argument("--algos", nargs="+", default=["ppo", "ppo_mask"])
-    p.add_argument("--steps", type=int, default=100_000)
-    p.add_argument("--n-envs", type=int, default=None, help="default: the YAML's n_envs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-freq", type=int, default=5_000)
-    p.add_argument("--eval-episodes", type=int, default=8)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--regret-tol", type=float, default=0.02)
-    p.add_argument("--viol-tol", type=float, default=0.005)
-    p.add_argument("--hyperparams", nargs="*", default=None)
-    p.add_argument("--logdir", default="/tmp/siftmoe_bench_runs")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_training"))
-    args = p.parse_args(argv)
+def plot(runs, path: Path) -> None:
+    import matplotlib
 
-    results = []
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for env_id in args.envs:
-        for algo in args.algos:
-            from agents.algos import AgentConfigError
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-            try:
-                r = run_one(env_id, algo, args)
-            except AgentConfigError as exc:
-                print(f"skip {env_id} {algo}: {exc}", file=sys.stderr)
+    g = groups(runs)
+    envs = sorted({e for e, _ in g}, key=lambda e: list(TARGETS).index(setting_of(e)))
+    algos = sorted({a for _, a in g})
+    fig, axes = plt.subplots(2, len(envs), figsize=(4.6 * len(envs), 6.4), squeeze=False)
+    colors = dict(zip(algos, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    steps_fmt = FuncFormatter(lambda x, _: f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
+    for j, env_id in enumerate(envs):
+        for algo in algos:
+            if (env_id, algo) not in g:
                 continue
-            results.append(r)
-            print(f"{env_id} {algo}: {r['steps']} steps in {r['total_wall_s']:.0f}s, final regret "
-                  f"{100 * r['final_regret']:.2f}%, err viol {100 * r['final_violation_rate']:.2f}%, any viol "
-                  f"{100 * r['final_any_violation_rate']:.2f}% (siftmoe {100 * r['siftmoe_any_violation_rate']:.2f}%), "
-                  f"settled at {r['steps_to_final']} steps / {r['wall_to_final_s']:.0f}s, target at {r['steps_to_target']}",
-                  flush=True)
-            # write as we go so a long run leaves partial results
-            out.with_suffix(".json").write_text(json.dumps({"command": sys.argv, "results": results}, indent=2))
-            out.with_suffix(".md").write_text(to_markdown(results, args) + "\n")
-    return 0
+            a = aggregate(g[(env_id, algo)])
+            x = [p["timesteps"] for p in a["points"]]
+            for row, key in ((0, "regret"), (1, "excess")):
+                m = [100 * p[key][0] for p in a["points"]]
+                lo = [100 * p[key][1] for p in a["points"]]
+                hi = [100 * p[key][2] for p in a["points"]]
+                ax = axes[row][j]
+                ax.plot(x, m, color=colors[algo], label=f"{algo} ({len(g[(env_id, algo)])} seeds)")
+                ax.fill_between(x, lo, hi, color=colors[algo], alpha=0.2)
+        tgt = TARGETS[setting_of(env_id)]
+        axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%")
+        axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%")
+        axes[0][j].set_title(env_id.split("/")[-1])
+        axes[0][j].set_ylabel("regret vs optimum (%)")
+        axes[1][j].set_ylabel("excess violations (% of steps)")
+        axes[1][j].set_xlabel("environment steps")
+        for row in (0, 1):
+            axes[row][j].xaxis.set_major_formatter(steps_fmt)
+            axes[row][j].grid(alpha=0.3)
+            axes[row][j].legend(fontsize=7)
+        axes[0][j].set_yscale("symlog", linthresh=10)
+    fig.suptitle("Learning curves: mean over seeds, 95% band (fixed seeded evaluation episodes)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import OneLineParser, at_least, run_main
+
+    def body():
+        p = OneLineParser(prog="bench_training.py", description=__doc__.split("\n\n")[0])
+        p.add_argument("--envs", nargs="+", default=["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0",
+                                                      "siftmoe_gym/FastFading-v0"])
+        p.add_argument("--algos", nargs="+", default=["ppo", "ppo_lag"])
+        p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+        p.add_argument("--steps", type=int, default=1_000_000)
+        p.add_argument("--eval-freq", type=int, default=100_000)
+        p.add_argument("--eval-episodes", type=int, default=8)
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--logdir", default="/tmp/siftmoe_bench_runs")
+        p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_training"))
+        p.add_argument("--merge", nargs="*", default=[], help="more result JSON files to include in the report")
+        p.add_argument("--report-only", action="store_true", help="rebuild <out>.md/.png from the JSON files")
+        args = p.parse_args(argv)
+        for name in ("steps", "eval_freq", "eval_episodes", "threads"):
+            at_least("--" + name.replace("_", "-"), getattr(args, name), 1)
+        for env_id in args.envs:
+            try:
+                setting_of(env_id)
+            except ValueError as exc:
+                p.error(f"--envs: {exc}")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        jpath = out.with_suffix(".json")
+        data = json.loads(jpath.read_text()) if jpath.exists() else {"runs": []}
+        meta = data.get("meta") or {
+            "command": " ".join(["python", "benchmarks/bench_training.py"] + list(sys.argv[1:] if argv is None else argv)),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible",
+            "threads": args.threads, "eval_freq": args.eval_freq, "eval_episodes": args.eval_episodes}
+        runs = list(data["runs"])
+        extra = [r for f in args.merge for r in json.loads(Path(f).read_text())["runs"]]
+        if not args.report_only:
+            done = {(r["env_id"], r["algo"], r["seed"]) for r in runs}
+            # seed-major: a stopped benchmark has every (setting, algorithm) with fewer seeds, not some without any
+            todo = [(e, a, s) for s in args.seeds for e in args.envs for a in args.algos if (e, a, s) not in done]
+            for env_id, algo, seed in todo:
+                r = run_one(env_id, algo, seed, args)
+                runs.append(r)
+                f = r["curve"][-1]
+                print(f"{env_id} {algo} seed {seed}: {r['steps']:,} steps in {r['wall_s']:.0f} s, regret "
+                      f"{100 * f['regret']:.2f}%, excess viol. {100 * f['excess_violation_rate']:.2f}%, "
+                      f"feasible {f['feasible']}", flush=True)
+                jpath.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+        allruns = runs + extra
+        if not allruns:
+            p.error("no runs to report")
+        out.with_suffix(".md").write_text(to_markdown(allruns, meta) + "\n")
+        plot(allruns, out.with_suffix(".png"))
+        print(to_markdown(allruns, meta))
+        return 0
+
+    return run_main("bench_training.py", body)
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def test_node_set_serving_reproduces_drift_plus_penalty():
     """FastFading's node-set serving uses drift-plus-penalty's normalization (V E / E_topk): the node set of a
     dpp decision is served by that very decision (seed 3 of a 1,000-token episode differed at step 152 when the
     env divided by E_topk + f)."""
-    env = gym.make("siftmoe_gym/FastFading-v0", config={"episode_tokens": 1000})
+    env = gym.make("siftmoe_gym/FastFading-v0", config={"episode_tokens": 1000, "serving_rule": "drift"})
     env.reset(seed=3)
     pol = baselines.get_policy("dpp", env)
     u = env.unwrapped
@@ -106,3 +106,19 @@ def test_node_set_serving_reproduces_drift_plus_penalty():
         a = pol.decide()
         _, _, _, _, info = env.step(u.encode_action(a))
         np.testing.assert_array_equal(info["assignment"], a)
+
+
+def test_node_sets_reach_the_optimum_under_the_default_serving():
+    """The default node-set serving (least error over node 0 and the set) lets an agent acting with node sets
+    reach the optimum: the DP's own node sets, served by the environment, keep >= 99% of its score on paired
+    episodes, where the drift-plus-penalty serving lost about 20% (issue 14)."""
+    from siftmoe_gym.evaluation import evaluate_policy
+
+    seeds = list(range(1000003, 1000007))
+    out = {}
+    for mode, rule in (("slots", "least_error"), ("nodes", "least_error"), ("nodes", "drift")):
+        env = gym.make("siftmoe_gym/FastFading-v0", action_mode=mode, config={"serving_rule": rule})
+        out[(mode, rule)] = evaluate_policy(env, baselines.get_policy("siftmoe", env), seeds)[0]["mean_return"]
+    opt = out[("slots", "least_error")]
+    assert opt / out[("nodes", "least_error")] >= 0.99
+    assert opt / out[("nodes", "drift")] < 0.95  # the old default could not represent the optimum

@@ -328,6 +328,8 @@ class SiftMoEVectorEnv(VectorEnv):
             cap = env._cap_factor * eps if hasattr(env, "_cap_factor") else env.system.config.eps_max_factor * eps
             if env.env_config["serving_rule"] == "energy":
                 we, wr = np.ones(n), np.zeros(n)
+            elif env.env_config["serving_rule"] == "least_error":
+                we, wr = np.zeros(n), np.ones(n)
             else:
                 we = float(env.system.config.drift_v) / np.maximum(e_topk, TOPK_FLOOR_J)
                 wr = self._queue[:, layer] / eps_d
