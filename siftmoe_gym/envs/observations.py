@@ -131,16 +131,19 @@ class FeatureTables:
         self.n_experts, self.top_k = n, cfg.top_k
         self.eps_div = eps_div
         self.norm_scale = system.profile.norm_scale
-        avail = np.zeros((nl, m1, n + 1), dtype=bool)
+        dext = system.delta_ext  # (L, N, N+1)
+        # per layer, the least dissimilarity of each expert to the experts of each node (inf on an empty node),
+        # then node 0 or node m, or skip: minima of the same numbers as masking column by column would take
+        pernode = np.full((nl, n, m1), np.inf)
         for lay in range(nl):
             no = system.node_of[lay]
-            for m in range(m1):
-                avail[lay, m, :n] = (no == 0) | (no == m)
-        avail[:, :, n] = True
-        dext = system.delta_ext  # (L, N, N+1)
-        self.solo_best = np.stack(
-            [np.where(avail[:, m][:, None, :], dext, np.inf).min(axis=2) for m in range(m1)], axis=1
-        )  # (L, M+1, N)
+            order = np.argsort(no, kind="stable")
+            counts = np.bincount(no, minlength=m1)
+            has = counts > 0
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
+            pernode[lay][:, has] = np.minimum.reduceat(dext[lay][:, order], starts, axis=1)
+        base = np.minimum(pernode[:, :, 0], dext[:, :, n])  # node 0 or skip (L, N)
+        self.solo_best = np.minimum(base[:, None, :], pernode.transpose(0, 2, 1))  # (L, M+1, N)
         self.solo_best_rows = np.ascontiguousarray(self.solo_best.transpose(0, 2, 1)).reshape(-1, m1)  # (L*N, M+1)
         self.layer_eye = np.eye(nl, dtype=np.float32)
         self.arange_m1 = np.arange(m1)
