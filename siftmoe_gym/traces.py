@@ -1,26 +1,30 @@
 """Trace extraction from real MoE language models (``transformers``).
 
-Runs a model over text and records, per token and MoE layer, the router
-probabilities, the model's top-k and the hidden-state norm ``||x||`` of the
-MoE block input; estimates ``Delta`` and ``sigma`` per layer by running every
-expert on calibration hidden states captured at that layer
+Runs a model over text and records, per token and MoE layer, the router's
+scores as the family defines them (softmax probabilities or sigmoid scores,
+in [0, 1]), the experts the model selected, the gates it applied to them
+(after renormalization, bias-corrected selection and routed scaling: the
+tensors its experts kernel multiplies by) and the hidden-state norm ``||x||``
+of the MoE block input; estimates ``Delta`` and ``sigma`` per layer by
+running every expert on calibration hidden states captured at that layer
 (:func:`siftmoe_gym.similarity.similarity_from_outputs`, quantile ``q``);
-returns a :class:`siftmoe_gym.tracefile.Trace`.
+returns a version-2 :class:`siftmoe_gym.tracefile.Trace`.
 
     python -m siftmoe_gym.traces extract --model PATH_OR_ID --text FILE --tokens N --out FILE \
-        [--quantile q] [--calibration-tokens n] [--window W] [--threads 2]
+        [--tokenizer PATH_OR_ID] [--quantile q] [--calibration-tokens n] [--window W] [--dtype D] [--threads 2]
 
-Gates.  The trace stores router probabilities plus a ``renormalize_gates``
-flag from which the core recomputes gates.  Extraction checks which of
-``p[topk] / sum p[topk]`` or ``p[topk]`` reproduces the model's own gates
-(to 1e-5) and records it (``gate_mode`` "renormalized"/"plain" in the
-metadata).  Architectures whose gates are neither (PhiMoE's sparsemixer,
-DeepSeek's ``routed_scaling_factor``) get ``gate_mode = "explicit"``: the
-stored probabilities hold the model's exact gates at the top-k positions
-(and router scores elsewhere), with ``renormalize_gates = False``, so the
-bound ``sum_i g_i Delta_{i,a(i)}`` uses the gates the model really applies.
+Gate mode.  The gates are stored, so nothing is recomputed from the scores;
+the metadata still says which rule they follow (``gate_mode``):
+``"renormalized"`` when they equal ``p[S] / sum p[S]``, ``"plain"`` when
+they equal ``p[S]``, else ``"explicit"`` (routed scaling, sparsemixer), each
+test at a relative tolerance that fits the dtype the model applied its gates
+in (:func:`gate_tolerance`: ``max(1e-5, 4 eps)``, so bfloat16's rounding,
+``eps = 2^-7``, does not turn renormalized gates into "explicit").
 
-torch and transformers are imported only when extraction runs.
+The command line refuses an unsupported model from its ``config.json`` and
+a checkpoint folder without tokenizer files before any weight loads (one
+line ``prog: error: ...``, exit status 2).  torch and transformers are
+imported only when extraction runs.
 """
 
 from __future__ import annotations
@@ -34,19 +38,27 @@ from .similarity import similarity_from_outputs
 from .tracefile import Trace, save_trace
 
 
-def _gate_mode(probs: np.ndarray, topk: np.ndarray, gates: np.ndarray, prefer_renorm: bool, tol: float = 1e-5):
-    sel = np.take_along_axis(probs, topk, axis=-1)
+def gate_tolerance(dtype) -> float:
+    """Relative tolerance of the gate-rule tests for gates applied in ``dtype`` (a torch or numpy dtype):
+    ``max(1e-5, 4 eps(dtype))`` (bfloat16: 0.03125; float16: 0.0039; float32: 1e-5)."""
+    import torch
+
+    eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) else float(np.finfo(dtype).eps)
+    return max(1e-5, 4.0 * eps)
+
+
+def gate_mode(scores: np.ndarray, topk: np.ndarray, gates: np.ndarray, prefer_renorm: bool, tol: float = 1e-5) -> str:
+    """Which rule the applied ``gates`` (T, L, k) follow given ``scores`` (T, L, N) and ``topk``:
+    ``"renormalized"`` (``p[S] / sum p[S]``), ``"plain"`` (``p[S]``) or ``"explicit"`` (neither, at relative
+    tolerance ``tol``); when both fit, ``prefer_renorm`` (the family's rule) decides."""
+    sel = np.take_along_axis(scores, topk, axis=-1)
     renorm = sel / np.maximum(sel.sum(axis=-1, keepdims=True), 1e-300)
-    scale = np.maximum(1.0, np.abs(gates))
-    ok_r = bool(np.all(np.abs(renorm - gates) <= tol * scale))
-    ok_p = bool(np.all(np.abs(sel - gates) <= tol * scale))
+    scale = np.maximum(np.abs(gates), 1e-6)
+    ok_r = bool(np.all(np.abs(renorm - gates) <= tol * np.maximum(scale, np.abs(renorm))))
+    ok_p = bool(np.all(np.abs(sel - gates) <= tol * np.maximum(scale, np.abs(sel))))
     if ok_r and (prefer_renorm or not ok_p):
-        return "renormalized", probs, True
-    if ok_p:
-        return "plain", probs, False
-    out = probs.copy()
-    np.put_along_axis(out, topk, gates, axis=-1)
-    return "explicit", out, False
+        return "renormalized"
+    return "plain" if ok_p else "explicit"
 
 
 def extract_trace(
@@ -63,7 +75,13 @@ def extract_trace(
     model_name: str | None = None,
     return_calibration: bool = False,
 ):
-    """Trace of ``model`` on the first ``tokens`` tokens of ``text`` (see module docstring).
+    """Version-2 trace of ``model`` on the first ``tokens`` tokens of ``text`` (see module docstring).
+
+    Arrays (T = ``tokens``, L MoE layers, N experts, top-k): scores (T, L, N),
+    ``topk`` and ``gates`` (T, L, k), ``hidden_norms`` (T, L), ``delta``
+    (L, N, N), ``sigma`` (L, N).  Raises :class:`~siftmoe_gym.hf.adapters.UnsupportedModelError`
+    for a model of no supported family and ``ValueError`` when the text has
+    too few tokens or the tokenizer produces ids outside the model's vocabulary.
 
     ``calibration_tokens`` (default ``min(tokens, 1024)``) hidden states per
     layer, from the start of the text, calibrate ``Delta``/``sigma``; when it
@@ -85,7 +103,14 @@ def extract_trace(
     if tokens < 1 or n_cal < 2:
         raise ValueError(f"need tokens >= 1 and calibration_tokens >= 2, got {tokens}, {n_cal}")
     if len(ids) < total:
-        raise ValueError(f"text has {len(ids)} tokens, fewer than the {total} requested (tokens / calibration_tokens)")
+        raise ValueError(f"text has {len(ids)} tokens, fewer than the {total} requested (tokens / calibration_tokens)"
+                         + ("; the tokenizer produced no token at all: is it this model's tokenizer?" if not len(ids)
+                            else ""))
+    vocab = getattr(model.config, "vocab_size", None) or getattr(getattr(model, "get_input_embeddings", lambda: None)(),
+                                                                 "num_embeddings", None)
+    if vocab and int(ids[:total].max()) >= int(vocab):
+        raise ValueError(f"the tokenizer produced token id {int(ids[:total].max())}, outside the model's vocabulary "
+                         f"of {vocab}: not this model's tokenizer (name one with --tokenizer)")
     ids = ids[:total]
     if window is None:
         window = int(min(getattr(model.config, "max_position_embeddings", 256) or 256, 256))
@@ -93,14 +118,16 @@ def extract_trace(
     L, N, k = len(layers), layers[0].num_experts, layers[0].top_k
     rec: dict[int, dict[str, list]] = {l.index: {"probs": [], "topk": [], "gates": [], "norms": [], "x": []} for l in layers}
     cal_left = {l.index: n_cal for l in layers}
+    gate_dtype = [None]  # the dtype the model's gates come in (bf16 models: bf16 or float32 by family)
 
     def handler(lay, x, idx, w, orig):
         with torch.no_grad():
             idx_s, w_s = sort_slots(idx, w)
             r = rec[lay.index]
-            r["probs"].append(lay.router_probs(x).double().cpu().numpy())
+            r["probs"].append(lay.scores(x).double().cpu().numpy())
             r["topk"].append(idx_s.cpu().numpy())
             r["gates"].append(w_s.double().cpu().numpy())
+            gate_dtype[0] = w.dtype
             r["norms"].append(torch.linalg.vector_norm(x.double(), dim=-1).cpu().numpy())
             take = min(cal_left[lay.index], x.shape[0])
             if take > 0:
@@ -147,10 +174,11 @@ def extract_trace(
         deltas.append(d)
         sigmas.append(np.maximum(s, 1e-12))
 
-    mode, probs_store, renorm = _gate_mode(probs, topk, gates, layers[0].renormalize)
+    mode = gate_mode(probs, topk, gates, layers[0].renormalize, tol=gate_tolerance(gate_dtype[0]))
+    fam = layers[0].family
     name = model_name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
     trace = Trace(
-        router_probs=probs_store.astype(np.float32),
+        router_probs=probs.astype(np.float32),
         topk=topk,
         hidden_norms=norms.astype(np.float32),
         delta=np.stack(deltas),
@@ -159,7 +187,7 @@ def extract_trace(
         top_k=k,
         num_layers=L,
         hidden_size=int(model.config.hidden_size),
-        renormalize_gates=renorm,
+        renormalize_gates=mode == "renormalized",
         quantile=float(quantile),
         model=name,
         extra={
@@ -167,10 +195,14 @@ def extract_trace(
             "architecture": type(model).__name__,
             "gate_mode": mode,
             "router_score": layers[0].score,
+            "gate_rule": fam.rule if fam is not None else "",
+            "routed_scaling_factor": fam.scaling(model.config) if fam is not None else 1.0,
+            "dtype": str(gate_dtype[0]).replace("torch.", ""),
             "calibration_tokens": n_cal,
             "window": int(window),
             "moe_layer_indices": [l.layer_idx for l in layers],
         },
+        gates=gates.astype(np.float32),
     ).validate()
     if return_calibration:
         return trace, {"hidden": hidden, "ids": ids}

@@ -36,9 +36,9 @@ class LayerRouting:
     """What a scheduler knows about the tokens passing one MoE layer."""
 
     layer: int  # MoE layer index
-    probs: np.ndarray  # (T, N) router probabilities
+    probs: np.ndarray  # (T, N) router scores in [0, 1] (softmax probabilities or sigmoid scores)
     topk: np.ndarray  # (T, k) model's top-k, slots by descending gate
-    gates: np.ndarray  # (T, k) model's gates
+    gates: np.ndarray  # (T, k) the gates the model applies (renormalization, bias correction, scaling included)
     norms: np.ndarray  # (T,) ||x||
     sequence: int = 0  # caller-set index of the current sequence (see DecisionLog.sequence)
 
@@ -103,46 +103,27 @@ class DecisionLog:
         return bound_coverage(np.maximum(dev - self.tolerances(), 0.0), bnd, rtol=rtol)
 
 
-def _bind(names: list[str], args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    vals = list(args[:3])
-    for name in names[len(vals) : 3]:
-        vals.append(kwargs[name])
-    return vals[0], vals[1], vals[2]
-
-
 @contextlib.contextmanager
 def patch_experts(layers: list[MoELayer], handler: Callable) -> Iterator[None]:
-    """Route every call of each layer's experts module through ``handler(layer, x, idx, w, orig)``."""
-    from .adapters import _param_names
+    """Route every model call of each layer's experts through ``handler(layer, x, idx, w, orig)``.
 
-    saved = []
+    ``x`` is (T, d), ``idx``/``w`` (T, k) the routing the model computed, ``orig(x, idx, w)`` the model's own
+    experts kernel; the handler returns the routed output (T, d).  Installed by each layer's adapter
+    (:meth:`siftmoe_gym.hf.adapters.Adapter.install`) and removed on exit, errors included."""
+    undo = []
     try:
         for lay in layers:
-            mod = lay.experts
-            had = "forward" in mod.__dict__
-            prev = mod.__dict__.get("forward")
-            orig = mod.forward
-            names = _param_names(type(mod).forward)
-
-            def wrapper(*args, _lay=lay, _orig=orig, _names=names, **kwargs):
-                x, idx, w = _bind(_names, args, kwargs)
-                return handler(_lay, x, idx, w, _orig)
-
-            mod.forward = wrapper
-            saved.append((mod, had, prev))
+            undo.append(lay.adapter.install(lay, handler))
         yield
     finally:
-        for mod, had, prev in reversed(saved):
-            if had:
-                mod.forward = prev
-            else:
-                del mod.forward
+        for fn in reversed(undo):
+            fn()
 
 
 def _routing(lay: MoELayer, x: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, seq: int):
     idx_s, w_s = sort_slots(idx, w)
     with torch.no_grad():
-        probs = lay.router_probs(x)
+        probs = lay.scores(x)
         norms = torch.linalg.vector_norm(x.double(), dim=-1)
     r = LayerRouting(
         layer=lay.index,
