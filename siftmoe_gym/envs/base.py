@@ -135,7 +135,7 @@ class SiftMoEEnv(gym.Env):
         self.system = WideSystem(sys_cfg, trace=trace, explicit=explicit_keys(base_cfg if base_cfg is not None else sys_part))
         self._setup_static()
         self._build_spaces()
-        self._ep_cache = EpisodeCache()
+        self._ep_cache = EpisodeCache(self._episode_batch_limit())
         self._s = 0
         self._episode_ready = False
         self._last: dict[str, Any] | None = None
@@ -185,6 +185,7 @@ class SiftMoEEnv(gym.Env):
             self._setup_static()
         else:  # the one attribute derived from an environment key (reward_floor_j)
             self.floor = self._reward_floor()
+        self._ep_cache.max_batch = self._episode_batch_limit()  # (episode_tokens may have changed)
 
     # ------------------------------------------------------------ static data
     def _setup_static(self) -> None:
@@ -228,6 +229,19 @@ class SiftMoEEnv(gym.Env):
             levels = np.unique(tab.count)
             distinct = self.compute_cost > float(ec.max()) * 2 * REL_TOL + 2 * ABS_TOL
             self._count_levels = [np.flatnonzero(tab.count == c) for c in levels] if distinct else None
+
+    EPISODE_BATCH_BYTES = 64 << 20
+    """About the most memory the episodes a single environment draws ahead may take (:class:`EpisodeCache`)."""
+
+    def _episode_batch_limit(self) -> int:
+        """How many episodes the :class:`EpisodeCache` may draw at once: at most 16, fewer when one episode's
+        step tables (dissimilarity rows (S, k, N+1), router rows, observation rows, the enumeration's error
+        rows) pass ``EPISODE_BATCH_BYTES / 16``: about 40 MB per episode at deepseek-v3's size.  Drawing ahead
+        is invisible (the generator is left where drawing one at a time leaves it), so this only bounds memory."""
+        steps = self.env_config.get("episode_tokens", self.system.config.prefill_tokens) * self.n_layers
+        combos = len(self.table.servers) if self.table.enabled else 0
+        per_step = 8 * (self.top_k * (self.n_experts + 1) + 2 * self.n_experts + combos) + 4 * self.obs_dim
+        return int(max(1, min(16, self.EPISODE_BATCH_BYTES // max(1, steps * per_step))))
 
     def _reward_floor(self) -> float:
         """``f``: ``reward_floor_j``, or ``k e_c + 1e-12`` J when it is None."""
