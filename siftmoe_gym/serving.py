@@ -307,6 +307,8 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
         base_nodes[free] = True
         edges = edges[inst.node_cost[edges] != 0.0]
     a = len(edges)
+    if a == 0:  # every allowed node is free (or none is allowed): one dynamic program
+        return serve_free(dk, g, inst.node_of, base_nodes, cap, inst.compute_cost, we, wr, pernode[:, base_nodes])
     nsub = 1 << a
     best_per = np.empty((nsub, k))
     best_per[0] = np.minimum(pernode[:, base_nodes].min(axis=1), dk[:, n])
@@ -346,6 +348,44 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
                 best_obj, best_err, best_sol = o, e, (rebuild, c)
     rebuild, c = best_sol
     return rebuild(c)
+
+
+def serve_free(dk: np.ndarray, gates: np.ndarray, node_of: np.ndarray, allowed: np.ndarray, cap: float,
+               compute_cost: float, we: float = 1.0, wr: float = 0.0, pernode: np.ndarray | None = None) -> np.ndarray:
+    """The assignment (k,) (-1 = skip) :func:`solve_decode` returns when every allowed node costs nothing.
+
+    ``dk`` (k, N+1): the top-k slots' rows of the extended dissimilarity (skip
+    last), ``gates`` (k,), ``node_of`` (N,), ``allowed`` (M+1,) bool with node
+    0 set, ``cap`` the error cap; the objective is ``we * e_c * |C| + wr * err``
+    (node costs are all 0).  This is how the environments serve a node-set
+    action (its nodes are paid whatever serves): one run of the slot dynamic
+    program over the experts on the allowed nodes, the same computation as
+    the node search on such an instance, without the search around it.
+    ``pernode`` (k, allowed nodes): the slots' least dissimilarity per allowed
+    node when the caller has it.  When no assignment meets ``cap``: the
+    least-error one (ties within 1e-9 relative: fewer experts).
+    """
+    n = dk.shape[1] - 1
+    servers = allowed[node_of].nonzero()[0]
+    if pernode is None:
+        best = np.minimum(dk[:, servers].min(axis=1, initial=np.inf), dk[:, n])
+    else:
+        best = np.minimum(pernode.min(axis=1), dk[:, n])
+    errmin = float((best[None, :] @ gates)[0])
+    if not _within(errmin, cap):  # least-violating: least error, ties cheaper
+        cap = errmin * (1 + 1e-9)
+        we, wr = 1.0, 0.0
+    gdk = gates[:, None] * dk
+    minerr, rebuild = _slot_dp(gdk[:, servers], gdk[:, n], servers, we * compute_cost, wr, cap, errmin)
+    best_obj, best_err, best_c = np.inf, np.inf, 0
+    for c, e in enumerate(minerr):
+        if not _within(e, cap):
+            continue
+        o = 0.0 + we * compute_cost * c + wr * e
+        tol = abs(best_obj) * REL_TOL + ABS_TOL
+        if o < best_obj - tol or (o <= best_obj + tol and e < best_err):
+            best_obj, best_err, best_c = o, e, c
+    return rebuild(best_c)
 
 
 _NODE_GROUPS: dict[tuple, tuple] = {}

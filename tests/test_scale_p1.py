@@ -113,3 +113,30 @@ def test_weighted_serving_with_zero_cost_nodes_equals_the_full_enumeration(mid):
         fast = _search_solve(inst, allowed, cap, we, wr)
         full = _search_solve(inst, allowed, cap, we, wr, free_nodes=False)
         assert np.array_equal(fast, full)
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0"])
+def test_env_node_set_serving_equals_solve_decode_on_the_zeroed_instance(env_id):
+    """Above the enumeration table the environments serve a node set with serve_free: the decision
+    solve_decode takes on the instance whose activated nodes cost nothing."""
+    import gymnasium as gym
+
+    import siftmoe_gym  # noqa: F401
+
+    cfg = dict(MID, num_layers=2)
+    cfg["episode_tokens" if "Decode" in env_id else "prefill_tokens"] = 6
+    env = gym.make(env_id, config=cfg)
+    env.reset(seed=3)
+    env.action_space.seed(3)
+    u = env.unwrapped
+    assert not u.table.enabled
+    for _ in range(12):
+        action = env.action_space.sample()
+        active = np.concatenate([[True], action.astype(bool)])
+        inst = u.instance
+        ref = solve_decode(with_changes(inst, node_cost=np.where(active, 0.0, inst.node_cost)), active)
+        _, _, term, _, info = env.step(action)
+        assert np.array_equal(info["assignment"], ref.assignment)
+        assert np.array_equal(info["activated_nodes"], active)
+        if term:
+            env.reset()

@@ -42,7 +42,7 @@ import numpy as np
 from ..bounds import ABS_TOL, REL_TOL
 from ..config import make_config
 from ..instances import DecodeInstance
-from ..serving import pick_row, solve_decode
+from ..serving import pick_row, serve_free
 from ..serving_table import ServingTable
 from ..system import WideSystem, explicit_keys
 from .actions import ACTION_MODES, make_action_codec
@@ -324,9 +324,9 @@ class SiftMoEEnv(gym.Env):
                 obj = ec if (we == 1.0 and wr == 0.0) else we * ec + wr * err_c
                 idx, _ = pick_row(allow, err_c, ec, obj, cap)
                 return self._result_from_combo(idx, s, layer, cost, feas, viol, active)
-            inst = self._make_instance(np.where(active, 0.0, cost), feas, viol)
-            sol = solve_decode(inst, active, cap=cap, energy_weight=we, error_weight=wr)
-            servers = np.where(sol.assignment < 0, n, sol.assignment)
+            # solve_decode on the instance with the activated nodes' costs set to 0, without building it
+            assign = serve_free(dk, gates, node_of, active, cap, self.compute_cost, we, wr)
+            servers = np.where(assign < 0, n, assign)
         elif kind == "experts":
             computed = payload
             usable = np.append(computed, True)
