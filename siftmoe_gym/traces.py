@@ -61,6 +61,23 @@ def gate_mode(scores: np.ndarray, topk: np.ndarray, gates: np.ndarray, prefer_re
     return "plain" if ok_p else "explicit"
 
 
+def check_token_ids(ids, config, needed: int) -> None:
+    """``ValueError`` (one line) unless ``ids`` holds ``needed`` tokens, all below the config's ``vocab_size``
+    (``config``: a ``config.json`` dict or a transformers config; nested ``text_config`` read too)."""
+    from .hf.families import _get
+
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) < needed:
+        raise ValueError(f"text has {len(ids)} tokens, fewer than the {needed} requested (tokens / calibration_tokens)"
+                         + ("; the tokenizer produced no token at all: is it this model's tokenizer?" if not len(ids)
+                            else ""))
+    vocab = _get(config, "vocab_size") or _get(_get(config, "text_config", {}) or {}, "vocab_size")
+    top = int(ids[:needed].max()) if needed else 0
+    if vocab and top >= int(vocab):
+        raise ValueError(f"the tokenizer produced token id {top}, outside the model's vocabulary of {vocab}: "
+                         "not this model's tokenizer (name one with --tokenizer)")
+
+
 def extract_trace(
     model,
     tokenizer,
@@ -102,15 +119,7 @@ def extract_trace(
     total = max(tokens, n_cal)
     if tokens < 1 or n_cal < 2:
         raise ValueError(f"need tokens >= 1 and calibration_tokens >= 2, got {tokens}, {n_cal}")
-    if len(ids) < total:
-        raise ValueError(f"text has {len(ids)} tokens, fewer than the {total} requested (tokens / calibration_tokens)"
-                         + ("; the tokenizer produced no token at all: is it this model's tokenizer?" if not len(ids)
-                            else ""))
-    vocab = getattr(model.config, "vocab_size", None) or getattr(getattr(model, "get_input_embeddings", lambda: None)(),
-                                                                 "num_embeddings", None)
-    if vocab and int(ids[:total].max()) >= int(vocab):
-        raise ValueError(f"the tokenizer produced token id {int(ids[:total].max())}, outside the model's vocabulary "
-                         f"of {vocab}: not this model's tokenizer (name one with --tokenizer)")
+    check_token_ids(ids, model.config, total)
     ids = ids[:total]
     if window is None:
         window = int(min(getattr(model.config, "max_position_embeddings", 256) or 256, 256))
@@ -234,12 +243,32 @@ def _check_extract_args(args) -> None:
         raise UsageError(f"--out is a folder: {args.out}")
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"--out: {out.parent} is not a folder")
+    from .hf.families import UnsupportedModelError, check_config, read_config
+    from .hf.loading import has_tokenizer_files, missing_tokenizer_message
+
     model = Path(args.model)
     if model.exists():
         if not (model / "config.json").is_file():
             raise UsageError(f"--model: {args.model} has no config.json (not a transformers checkpoint folder)")
-    elif args.model.startswith((".", "/", "~")) or args.model.count("/") != 1:
+        try:  # from config.json alone: no weight is read
+            check_config(read_config(model), f"--model {args.model}")
+        except UnsupportedModelError as exc:
+            raise UsageError(str(exc)) from None
+        if args.tokenizer is None and not has_tokenizer_files(model):
+            raise UsageError(f"--model: {missing_tokenizer_message(args.model)}")
+    elif not _hub_id(args.model):
         raise UsageError(f"--model: no such folder, and not a hub id of the form org/name: {args.model!r}")
+    if args.tokenizer is not None:
+        tok = Path(args.tokenizer)
+        if tok.exists():
+            if not has_tokenizer_files(tok):
+                raise UsageError(f"--tokenizer: {missing_tokenizer_message(args.tokenizer)}")
+        elif not _hub_id(args.tokenizer):
+            raise UsageError(f"--tokenizer: no such folder, and not a hub id of the form org/name: {args.tokenizer!r}")
+
+
+def _hub_id(name: str) -> bool:
+    return not name.startswith((".", "/", "~")) and name.count("/") == 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("extract", help="extract a trace (router scores, top-k, norms, Delta, sigma) from a model")
     e.add_argument("--model", required=True, help="local checkpoint folder (with config.json) or hub id org/name")
     e.add_argument("--text", required=True, help="UTF-8 text file to run the model on")
+    e.add_argument("--tokenizer", default=None,
+                   help="tokenizer folder or hub id org/name (default: the model's own; needed when its folder has none)")
     e.add_argument("--tokens", type=int, required=True, help="tokens to record (>= 1)")
     e.add_argument("--out", required=True, help="output trace (.safetensors or .npz)")
     e.add_argument("--quantile", type=float, default=0.99, help="q of the Delta/sigma estimate, in (0, 1] (1.0 = max)")
@@ -265,21 +296,32 @@ def main(argv: list[str] | None = None) -> int:
         _check_extract_args(args)
         import torch
 
-        from .hf.loading import load_moe_model
+        from .hf.families import check_config
+        from .hf.loading import MissingTokenizerError, encode_text, load_moe_model, load_tokenizer, model_config
 
         torch.set_num_threads(args.threads)
         dtype = getattr(torch, args.dtype) if args.dtype else None
-        try:
-            model, tok = load_moe_model(args.model, dtype=dtype)
-        except (OSError, ValueError, KeyError) as exc:  # a folder transformers cannot read, an unknown family
+        try:  # config, tokenizer and text first: every refusal comes before the weights load
+            config = model_config(args.model)
+            check_config(config, f"--model {args.model}")
+            tok = load_tokenizer(args.tokenizer if args.tokenizer is not None else args.model)
+        except MissingTokenizerError as exc:
+            raise UsageError(f"--tokenizer: {exc}") from None
+        except (OSError, ValueError, KeyError) as exc:  # a hub id or tokenizer transformers cannot read
             raise UsageError(f"--model: cannot load {args.model}: {exc}") from None
         text = Path(args.text).read_text(encoding="utf-8", errors="replace")
+        check_token_ids(encode_text(tok, text), config, max(args.tokens, args.calibration_tokens or 0))
+        try:
+            model, _ = load_moe_model(args.model, dtype=dtype, with_tokenizer=False)
+        except (OSError, ValueError, KeyError) as exc:  # weights transformers cannot read
+            raise UsageError(f"--model: cannot load {args.model}: {exc}") from None
         trace = extract_trace(model, tok, text, args.tokens, quantile=args.quantile,
                               calibration_tokens=args.calibration_tokens, window=args.window,
                               batch_size=args.batch_size, model_name=str(args.model))
         path = save_trace(trace, args.out)
         print(f"wrote {path}: T={trace.num_tokens} L={trace.num_layers} N={trace.num_experts} k={trace.top_k} "
-              f"d={trace.hidden_size} gate_mode={trace.extra['gate_mode']} q={trace.quantile}")
+              f"d={trace.hidden_size} scores={trace.extra['router_score']} gate_mode={trace.extra['gate_mode']} "
+              f"scaling={trace.extra['routed_scaling_factor']:g} q={trace.quantile} (trace version {trace.version})")
         return 0
 
     return run_main(PROG, body, errors=(TraceError, ValueError))

@@ -45,11 +45,16 @@ def test_extract_refuses_bad_options_before_loading(tmp_path, text, capsys, extr
 def test_extract_refuses_a_folder_transformers_cannot_read(tmp_path, text, capsys):
     model = tmp_path / "ckpt"
     model.mkdir()
-    (model / "config.json").write_text("{}")  # no model_type: transformers refuses it
+    (model / "config.json").write_text("{}")  # no model_type: refused from the config
     assert traces.main(["extract", "--model", str(model), "--text", text, "--tokens", "8",
                         "--out", str(tmp_path / "t.npz")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--model: cannot load" in err[0]
+    assert len(err) == 1 and f"--model {model}: model_type None is not a supported MoE family" in err[0]
+    (model / "config.json").write_text("[1, 2")
+    assert traces.main(["extract", "--model", str(model), "--text", text, "--tokens", "8",
+                        "--out", str(tmp_path / "t.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read" in err[0] and "config.json" in err[0]
 
 
 @pytest.mark.parametrize("argv, needle", [(["--eps", "-1"], "--eps"), (["--eps", "nan"], "--eps"),
