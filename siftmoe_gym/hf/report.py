@@ -20,11 +20,17 @@ Steps (all seeded):
 5. print a markdown table: energy per token (all MoE layers), saving vs.
    top-k, mean error bound / budget, bound coverage (measured per-layer
    deviation ``||y_hat - y|| / ||x||`` within the bound), next-token accuracy,
-   perplexity and argmax agreement with top-k.
+   perplexity and argmax agreement with top-k;
+6. per layer ``l`` and budget (``--per-layer``, the default): the bound's
+   coverage at layer ``l`` in the run of step 4 (every layer deciding), and
+   a run where only layer ``l`` follows ``siftmoe`` (every other layer keeps
+   its top-k), giving that layer's decisions changed, its coverage and the
+   next-token accuracy (points) and perplexity change against top-k.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -45,12 +51,15 @@ def run_report(
     config: dict | None = None,
     link_hidden_size: int | None = None,
     progress: bool = True,
+    per_layer: bool = True,
 ) -> dict:
     """Rows of the report (see module docstring); ``cal_ids``/``eval_ids`` are token ids.
 
     ``link_hidden_size`` (default: the model's own ``d``) sets the hidden size
     the radio links carry (``D = d * b`` bits per token), e.g. 4096 to price
     the tiny model's decisions as if its activations were a full-size model's.
+    With ``per_layer`` the result also holds ``layer_rows`` (step 6 of the module docstring; one extra
+    evaluation per layer and budget, each deciding at one layer only).
     """
     import dataclasses
 
@@ -86,8 +95,10 @@ def run_report(
         costs.append(ref_sys.node_costs(ref_sys.gains(dist, fade)))
     L, k = trace.num_layers, trace.top_k
 
-    def make_policy(system, optimal: bool, acc: dict):
+    def make_policy(system, optimal: bool, acc: dict, only_layer: int | None = None):
         def policy(r):
+            if only_layer is not None and r.layer != only_layer:
+                return None  # keep this layer's top-k
             t_n = r.num_tokens
             g = np.zeros((t_n, L, k))
             tk = np.zeros((t_n, L, k), dtype=np.int64)
@@ -123,6 +134,7 @@ def run_report(
     base = evaluate_policy(model, eval_ids, None, window=window)
     runs = [("top-k", None, False)] + [("siftmoe", eps, True) for eps in eps_list]
     e_topk_tok = None
+    all_runs: dict = {}
     for name, eps, optimal in runs:
         system = systems[eps] if eps is not None else ref_sys
         acc = {"energy": 0.0, "e_topk": 0.0, "err_rel": [], "over": 0, "viol": 0, "n": 0}
@@ -130,6 +142,7 @@ def run_report(
         res = evaluate_policy(model, eval_ids, make_policy(system, optimal, acc), window=window,
                               delta=trace.delta, sigma=trace.sigma, layers=layers, on_sequence=on_seq,
                               reference=base["predictions"], progress=progress)
+        all_runs[eps] = res
         dev, bnd = res["log"].bounds(trace.delta, trace.sigma)
         tol = res["log"].tolerances()
         changed = np.concatenate([np.any(r.assignment != r.topk, axis=1) for r in res["log"].records])
@@ -149,8 +162,27 @@ def run_report(
             "accuracy": res["accuracy"], "perplexity": res["perplexity"], "agreement_with_topk": res["agreement"],
             "seconds": time.perf_counter() - t1,
         })
+    layer_rows = []
+    if per_layer:
+        full = {eps: res_eps for eps, res_eps in all_runs.items() if eps is not None}
+        top = rows[0]
+        for layer in range(L):
+            for eps in eps_list:
+                acc = {"energy": 0.0, "e_topk": 0.0, "err_rel": [], "over": 0, "viol": 0, "n": 0}
+                res = evaluate_policy(model, eval_ids, make_policy(systems[eps], True, acc, only_layer=layer),
+                                      window=window, delta=trace.delta, sigma=trace.sigma, layers=layers,
+                                      on_sequence=on_seq, reference=base["predictions"])
+                mine = _layer_coverage(res["log"], trace, layer)
+                layer_rows.append({
+                    "layer": layer, "eps_rel": eps,
+                    "coverage_changed_all_layers": _layer_coverage(full[eps]["log"], trace, layer)[1],
+                    "changed_decisions": mine[0], "coverage_changed": mine[1],
+                    "accuracy_change": res["accuracy"] - top["accuracy"],
+                    "perplexity_change": res["perplexity"] - top["perplexity"],
+                    "agreement_with_topk": res["agreement"],
+                })
     return {
-        "rows": rows, "trace_seconds": t_trace, "calibration_tokens": int(trace.num_tokens),
+        "rows": rows, "layer_rows": layer_rows, "trace_seconds": t_trace, "calibration_tokens": int(trace.num_tokens),
         "eval_tokens": int(base["tokens"]), "window": window, "quantile": quantile, "seed": seed,
         "base_accuracy": base["accuracy"], "base_perplexity": base["perplexity"],
         "layers": L, "experts": trace.num_experts, "top_k": k, "hidden_size": trace.hidden_size,
@@ -159,6 +191,26 @@ def run_report(
         "gate_mode": trace.extra.get("gate_mode"), "num_nodes": ref_sys.num_nodes,
         "node_of": ref_sys.node_of.tolist(), "topk_energy_per_token_j": e_topk_tok,
     }
+
+
+
+def _layer_coverage(log, trace, layer: int) -> tuple[float, float]:
+    """``(share of layer's decisions changed, share of the changed within the bound)`` of a DecisionLog (the
+    coverage rule of :meth:`~siftmoe_gym.hf.decisions.DecisionLog.coverage`; NaN when nothing changed)."""
+    from ..bounds import error_bound
+
+    recs = [r for r in log.records if r.layer == layer]
+    if not recs:
+        return 0.0, float("nan")
+    changed = np.concatenate([np.any(r.assignment != r.topk, axis=1) for r in recs])
+    dev = np.concatenate([r.deviation for r in recs])
+    tol = np.concatenate([np.zeros_like(r.deviation) if r.tolerance is None else r.tolerance for r in recs])
+    bnd = np.concatenate([error_bound(r.gates, r.topk, r.assignment, trace.delta[layer], trace.sigma[layer])
+                          for r in recs])
+    if not changed.any():
+        return 0.0, float("nan")
+    ok = dev[changed] <= bnd[changed] * (1 + 1e-9) + tol[changed] + 1e-12
+    return float(changed.mean()), float(ok.mean())
 
 
 def markdown(report: dict) -> str:
@@ -178,6 +230,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def layer_markdown(report: dict) -> str:
+    """The per-layer table (step 6 of the module docstring)."""
+    head = ("| layer | eps_rel | bound coverage, all layers deciding | decisions changed, this layer alone "
+            "| bound coverage, this layer alone | next-token acc. change (points) | perplexity change |")
+    lines = [head, "|" + "---|" * 7]
+
+    def pct(v):
+        return "-" if v != v else f"{100 * v:.1f}%"
+
+    for r in report.get("layer_rows", []):
+        lines.append(f"| {r['layer']} | {r['eps_rel']:g} | {pct(r['coverage_changed_all_layers'])} "
+                     f"| {pct(r['changed_decisions'])} | {pct(r['coverage_changed'])} "
+                     f"| {100 * r['accuracy_change']:+.2f} | {r['perplexity_change']:+.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..cli import OneLineParser, UsageError, at_least, run_main
 
@@ -194,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link-hidden-size", type=int, default=None,
                     help="hidden size carried over the links (default: the model's own d)")
     ap.add_argument("--json", default=None, help="also write the full report as JSON here")
+    ap.add_argument("--per-layer", action=argparse.BooleanOptionalAction, default=True,
+                    help="per-layer coverage and accuracy / perplexity change (one extra run per layer and eps)")
 
     def body() -> int:
         args = ap.parse_args(argv)
@@ -207,6 +277,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--eps must be positive finite budgets (eps_rel), got {bad}")
         if args.model is not None and not (Path(args.model) / "config.json").is_file():
             raise UsageError(f"--model: no checkpoint folder with a config.json at {args.model}")
+        if args.model is not None:
+            from .families import UnsupportedModelError, check_config, read_config
+            from .loading import TOKENIZER_FILES, has_tokenizer_files
+
+            try:  # from config.json alone, before any weight loads
+                check_config(read_config(args.model), f"--model {args.model}")
+            except UnsupportedModelError as exc:
+                raise UsageError(str(exc)) from None
+            if not has_tokenizer_files(args.model):
+                raise UsageError(f"--model: {args.model} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)})")
         if args.json is not None and Path(args.json).is_dir():
             raise UsageError(f"--json is a folder: {args.json}")
         return _report(args)
@@ -225,7 +305,8 @@ def _report(args) -> int:
     ids = heldout_ids(args.calibration_tokens + 8 + args.eval_tokens)
     cal_ids, eval_ids = ids[: args.calibration_tokens + 8], ids[args.calibration_tokens + 8 :]
     rep = run_report(model, tok, cal_ids, eval_ids, eps_list=args.eps, quantile=args.quantile,
-                     window=args.window, seed=args.seed, link_hidden_size=args.link_hidden_size)
+                     window=args.window, seed=args.seed, link_hidden_size=args.link_hidden_size,
+                     per_layer=args.per_layer)
     print(f"model: {path}  (L={rep['layers']}, N={rep['experts']}, k={rep['top_k']}, d={rep['hidden_size']}, "
           f"gates {rep['gate_mode']})")
     print(f"calibration: {rep['calibration_tokens']} held-out tokens, q={rep['quantile']}; evaluation: "
@@ -234,6 +315,9 @@ def _report(args) -> int:
     print(f"links: D = {rep['bits_per_token']} bits per token and direction (d = {rep['link_hidden_size']}), "
           f"{rep['num_nodes']} edge nodes, {100 * rep['feasible_link_share']:.0f}% of links meet the latency budget\n")
     print(markdown(rep))
+    if rep["layer_rows"]:
+        print("\nper layer (coverage of the changed decisions; changes against top-k):\n")
+        print(layer_markdown(rep))
     if args.json:
         Path(args.json).write_text(json.dumps(rep, indent=2, default=float))
     return 0
