@@ -46,7 +46,7 @@ class ServingTable:
     (C, k) server columns (skip = N), ``count`` (C,) distinct computed
     experts (float), ``computed`` (C, N) bool, ``nodes`` (L, C, M+1) bool
     nodes each assignment uses at each layer (``nodes_f`` as float), and
-    (when ``L * 2^M * C <= ALLOW_TABLE_LIMIT``) ``allow`` (L, 2^M, C):
+    (when ``M <= 16`` and ``L * 2^M * C <= ALLOW_TABLE_LIMIT``) ``allow`` (L, 2^M, C):
     whether the assignment only uses node 0 and the nodes of an edge-node
     bitmask (bit ``m-1`` = node ``m``).
     """
@@ -70,9 +70,9 @@ class ServingTable:
         np.put_along_axis(comp, grids, True, axis=1)
         self.computed = comp[:, :n]
         c = len(grids)
-        nsub = 1 << cfg.num_nodes
+        nsub = 1 << min(cfg.num_nodes, 16)
         self.allow = None
-        if nl * nsub * c <= ALLOW_TABLE_LIMIT:
+        if cfg.num_nodes <= 16 and nl * nsub * c <= ALLOW_TABLE_LIMIT:
             bits = ((np.arange(nsub)[:, None] >> np.arange(cfg.num_nodes)[None, :]) & 1).astype(bool)
             disallowed = np.concatenate([np.zeros((nsub, 1), bool), ~bits], axis=1).astype(np.float64)
             self.allow = np.einsum("lcm,am->lac", self.nodes_f, disallowed) == 0  # (L, 2^M, C)

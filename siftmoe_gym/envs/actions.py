@@ -9,9 +9,15 @@ assignment back into an action (``encode``).
 | mode         | space                      | action                                             | decodes to |
 |--------------|----------------------------|----------------------------------------------------|------------|
 | ``nodes``    | ``MultiBinary(M)``         | ``a[m-1] = 1`` activates edge node ``m``           | ``("nodes", bitmask)``, bit ``m-1`` = node ``m`` |
-| ``discrete`` | ``Discrete(2**M)``         | the same node set as an integer                    | ``("nodes", bitmask)`` |
+| ``discrete`` | ``Discrete(2**M)``         | the same node set as an integer (``M <= 16``)      | ``("nodes", bitmask)`` |
 | ``experts``  | ``MultiBinary(N)``         | the computed experts                               | ``("experts", bool (N,))`` |
 | ``slots``    | ``MultiDiscrete([N+1]*k)`` | the serving expert of each top-k slot, ``N`` = skip | ``("slots", int64 (k,))`` |
+
+Past :data:`DISCRETE_MAX_NODES` edge nodes a node set is a factored action:
+``nodes`` (one bit per node) works up to the 62 nodes of an int64 bitmask,
+``discrete`` (one of ``2**M`` indices) is refused with a ``ValueError``, and
+the environments keep no per-node-set tables (:func:`node_sets` decodes a
+bitmask when it is needed).
 
 Malformed actions raise ``ValueError`` naming the mode and the expected space.
 How a decoded action is served is the environment's business
@@ -26,6 +32,9 @@ import numpy as np
 from gymnasium import spaces
 
 ACTION_MODES = ("nodes", "experts", "slots", "discrete")
+
+DISCRETE_MAX_NODES = 16
+"""Largest ``M`` for the ``Discrete(2**M)`` mode and the environments' per-node-set tables (``2^M`` rows)."""
 
 FAST_NODES_LIMIT = 12
 """Largest ``M`` for which the ``nodes`` codec keeps its int8 action -> bitmask lookup table (``2^M`` entries)."""
@@ -148,11 +157,17 @@ class NodesCodec(ActionCodec):
 
 
 class DiscreteCodec(ActionCodec):
-    """``Discrete(2**M)``: the node sets of :class:`NodesCodec` as integers, bit ``m-1`` = node ``m``."""
+    """``Discrete(2**M)``: the node sets of :class:`NodesCodec` as integers, bit ``m-1`` = node ``m``
+    (``M <= DISCRETE_MAX_NODES``; ``ValueError`` beyond)."""
 
     mode = "discrete"
 
     def _make_space(self):
+        if self.n_nodes > DISCRETE_MAX_NODES:
+            raise ValueError(
+                f"action_mode='discrete' needs num_nodes <= {DISCRETE_MAX_NODES} (Discrete(2**M) has one action per "
+                f"node set; num_nodes={self.n_nodes} gives {2 ** self.n_nodes:,}): use action_mode='nodes', the "
+                f"factored action MultiBinary({self.n_nodes}) with one bit per edge node")
         return spaces.Discrete(1 << self.n_nodes)
 
     def decode(self, action):
@@ -239,6 +254,16 @@ class SlotsCodec(ActionCodec):
     def encode(self, assignment, layer_nodes):
         a = self._assignment(assignment)
         return np.where(a < 0, self.n_experts, a).astype(np.int64)
+
+
+def node_sets(masks: Any, n_nodes: int) -> np.ndarray:
+    """The node sets (..., M+1) bool of edge-node bitmasks (int, or int64 array (...)): node 0 always in,
+    node ``m`` when bit ``m-1`` is set.  ``ValueError`` for ``n_nodes`` outside [1, 62] (an int64 bitmask)."""
+    if not 1 <= n_nodes <= 62:
+        raise ValueError(f"n_nodes={n_nodes!r} must be in [1, 62] (edge nodes of an int64 bitmask)")
+    m = np.asarray(masks, dtype=np.int64)
+    bits = ((m[..., None] >> np.arange(n_nodes, dtype=np.int64)) & 1).astype(bool)
+    return np.concatenate([np.ones(m.shape + (1,), dtype=bool), bits], axis=-1)
 
 
 CODECS: dict[str, type[ActionCodec]] = {

@@ -45,7 +45,7 @@ from ..instances import DecodeInstance
 from ..serving import pick_row, serve_free
 from ..serving_table import ServingTable
 from ..system import WideSystem, explicit_keys
-from .actions import ACTION_MODES, make_action_codec
+from .actions import ACTION_MODES, DISCRETE_MAX_NODES, make_action_codec, node_sets
 from .config import SHAPE_KEYS, check_env_value, reset_config, split_config
 from .episodes import EpisodeCache
 from .metrics import EPISODE_METRICS, add_episode_metrics
@@ -204,9 +204,10 @@ class SiftMoEEnv(gym.Env):
         self._tau = self._setting_tau()
         self._g_th = one_token_threshold_gain(cfg, self._tau)
         self._features = FeatureTables(sysm, self._eps_div)
-        # node set of every edge-node bitmask (bit m-1 = node m), node 0 always in: (2^M, M+1)
-        subsets = ((np.arange(1 << self.n_nodes)[:, None] >> np.arange(self.n_nodes)[None, :]) & 1).astype(bool)
-        self._subset_nodes = np.concatenate([np.ones((len(subsets), 1), bool), subsets], axis=1)
+        # node set of every edge-node bitmask (bit m-1 = node m), node 0 always in: (2^M, M+1); none past
+        # DISCRETE_MAX_NODES nodes (node sets are then decoded when needed, node_sets)
+        self._subset_nodes = node_sets(np.arange(1 << self.n_nodes), self.n_nodes) \
+            if self.n_nodes <= DISCRETE_MAX_NODES else None
         self._arange_k = np.arange(self.top_k)
         self._thr = self.budgets * (1.0 + REL_TOL) + ABS_TOL  # err <= thr: within budget (same rule as pick_row)
         tab = self.table
@@ -315,7 +316,7 @@ class SiftMoEEnv(gym.Env):
         gates = self._gates[s]
         node_of = self.system.node_of[layer]
         if kind == "nodes":
-            active = self._subset_nodes[payload]
+            active = self._active_nodes(payload)
             tab = self.table
             if tab.enabled:
                 err_c = self._err_tab[s]
@@ -348,6 +349,11 @@ class SiftMoEEnv(gym.Env):
         assignment = np.where(servers >= n, -1, servers).astype(np.int64)
         return {"assignment": assignment, "computed": computed, "energy": energy, "err": err, "lat": lat,
                 "used": used, "active": active.copy(), "feasible": bool(feas[active].all())}
+
+    def _active_nodes(self, mask: int) -> np.ndarray:
+        """The node set (M+1,) bool of edge-node bitmask ``mask`` (a row of the per-node-set table when there
+        is one: do not write into it)."""
+        return self._subset_nodes[mask] if self._subset_nodes is not None else node_sets(mask, self.n_nodes)
 
     def _result_from_combo(self, idx: int, s: int, layer: int, cost, feas, viol, active) -> dict[str, Any]:
         """Result of serving combo ``idx`` with the node set ``active`` (M+1,) activated and paid."""
@@ -416,7 +422,7 @@ class SiftMoEEnv(gym.Env):
         s, idx, mask, energy, err, lat, layer, eps, e_topk, reward = t
         tab = self.table
         used = tab.nodes[layer, idx].copy()
-        active = self._subset_nodes[mask].copy()
+        active = self._active_nodes(mask).copy()
         cost, feas, viol = self._step_costs_at(s)
         return {"assignment": tab.assign[idx].copy(), "computed": tab.computed[idx].copy(), "energy": energy,
                 "err": err, "lat": lat, "used": used, "active": active, "feasible": bool(feas[active].all()), "s": s,

@@ -288,7 +288,7 @@ class DecodeEnv(SiftMoEEnv):
         out = {"probs": probs, "topk": topk, "gates": gates, "norms": norms, "layers": layers,
                "topk_used": used, "topk_count": count, "topk_e": topk_e, "margin": margin,
                "cost": cost, "feas": feas, "viol": viol}
-        if self.table.enabled:
+        if self.table.enabled and self._subset_nodes is not None:
             # paid activation: every node of a node-set action is paid and its latency counts, whatever the
             # served combo uses: energy and latency of each node set (bit m-1 = node m; node 0 always in)
             sub = self._subset_nodes  # (2^M, M+1)
@@ -337,7 +337,8 @@ class DecodeEnv(SiftMoEEnv):
             self._err_tab = None
             return
         self._err_tab = tabs["err_tab"][j]
-        self._mask_e, self._mask_lat = tabs["mask_e"][j], tabs["mask_lat"][j]
+        if "mask_e" in tabs:
+            self._mask_e, self._mask_lat = tabs["mask_e"][j], tabs["mask_lat"][j]
         if "errok_sorted" in tabs:
             order, tie_end, allow_sorted = self._node_order
             self._fast = (order, tie_end, allow_sorted, tabs["errok_sorted"][j], self.table.allow)
