@@ -177,6 +177,29 @@ def plot(runs, path: Path) -> None:
     plt.close(fig)
 
 
+MARK_BEGIN = "<!-- bench_training:begin -->"
+MARK_END = "<!-- bench_training:end -->"
+
+
+def check_doc(path: Path) -> str:
+    """The Markdown file's text; ``ValueError`` unless it has the markers once each, in order."""
+    text = path.read_text()
+    if text.count(MARK_BEGIN) != 1 or text.count(MARK_END) != 1 or text.index(MARK_BEGIN) > text.index(MARK_END):
+        raise ValueError(f"{path} needs the lines {MARK_BEGIN!r} and {MARK_END!r} once each, in this order")
+    return text
+
+
+def write_doc(path: Path, runs, meta) -> None:
+    """Replace what sits between the markers of ``path`` by the table and the figure (``<stem>_curves.png``)."""
+    text = check_doc(path)
+    fig = path.with_name(path.stem + "_curves.png")
+    plot(runs, fig)
+    body = f"{to_markdown(runs, meta)}\n\n![learning curves]({fig.name})\n"
+    head, rest = text.split(MARK_BEGIN)
+    _, tail = rest.split(MARK_END)
+    path.write_text(f"{head}{MARK_BEGIN}\n{body}{MARK_END}{tail}")
+
+
 def main(argv=None) -> int:
     from siftmoe_gym.cli import OneLineParser, at_least, run_main
 
@@ -194,6 +217,9 @@ def main(argv=None) -> int:
         p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_training"))
         p.add_argument("--merge", nargs="*", default=[], help="more result JSON files to include in the report")
         p.add_argument("--report-only", action="store_true", help="rebuild <out>.md/.png from the JSON files")
+        p.add_argument("--doc", default=None,
+                       help="also write the table and figure into this Markdown file, between the lines "
+                            f"{MARK_BEGIN!r} and {MARK_END!r} (the figure beside it as <name>_curves.png)")
         args = p.parse_args(argv)
         for name in ("steps", "eval_freq", "eval_episodes", "threads"):
             at_least("--" + name.replace("_", "-"), getattr(args, name), 1)
@@ -202,6 +228,16 @@ def main(argv=None) -> int:
                 setting_of(env_id)
             except ValueError as exc:
                 p.error(f"--envs: {exc}")
+        if args.doc:
+            try:
+                check_doc(Path(args.doc))
+            except (OSError, ValueError) as exc:
+                p.error(f"--doc: {exc}")
+        for f in args.merge:
+            try:
+                json.loads(Path(f).read_text())["runs"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                p.error(f"--merge: {f}: not a bench_training result file ({type(exc).__name__})")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         jpath = out.with_suffix(".json")
@@ -229,6 +265,8 @@ def main(argv=None) -> int:
             p.error("no runs to report")
         out.with_suffix(".md").write_text(to_markdown(allruns, meta) + "\n")
         plot(allruns, out.with_suffix(".png"))
+        if args.doc:
+            write_doc(Path(args.doc), allruns, meta)
         print(to_markdown(allruns, meta))
         return 0
 

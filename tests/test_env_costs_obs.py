@@ -45,7 +45,9 @@ def test_costs_match_the_violations(env_id):
     if ff:
         last = steps[-1][1]
         pen = env.unwrapped.env_config["penalty"]
-        assert last["cost_average"] == pytest.approx(-last["reward_average"] / pen, rel=1e-12)
+        spread = sum(info["reward_average"] for _, info in steps[1:])  # the average term, charged step by step
+        assert last["cost_average"] == pytest.approx(-spread / pen, rel=1e-9)
+        assert any(info["reward_average"] != 0.0 for _, info in steps[1:-1])
         assert last["cost_average"] > 0.0
         assert all(info["cost_average"] == 0.0 for _, info in steps[1:-1])
 
@@ -137,3 +139,22 @@ def test_accuracy_cost_counts_only_avoidable_violations():
             both += info["violation"] and avoid
             unavoidable += info["violation"] and not avoid
     assert both > 0 and unavoidable > 0  # the test sees both kinds
+
+
+def test_spread_average_term_sums_to_the_end_of_episode_charge():
+    """Per layer the steps' average terms telescope to -penalty * T * max(0, mean err/eps_l - 1) (random node sets,
+    several seeds, a tight budget so that layers overspend)."""
+    from siftmoe_gym.envs.rewards import average_penalty
+
+    env = gym.make("siftmoe_gym/FastFading-v0", config={"eps_rel": 0.05})
+    u = env.unwrapped
+    for seed in range(4):
+        env.reset(seed=seed)
+        env.action_space.seed(seed)
+        total, done = 0.0, False
+        while not done:
+            _, _, done, _, info = env.step(env.action_space.sample())
+            total += info["reward_average"]
+        want = average_penalty(info["mean_error_ratio"], u.env_config["episode_tokens"], u.env_config["penalty"])
+        assert want < 0.0
+        assert total == pytest.approx(want, rel=1e-9)

@@ -13,7 +13,7 @@ from .config import check_env_value
 from .decode import flatten_tokens  # noqa: F401  (re-exported)
 from .episodes import draw_fastfading_episodes, episode_row
 from .observations import budget_features
-from .rewards import average_excess, constraint_costs, reward_terms
+from .rewards import average_excess, average_step_penalty, constraint_costs, reward_terms
 
 SERVING_RULES = ("least_error", "drift", "energy")
 
@@ -103,13 +103,19 @@ class FastFadingEnv(SiftMoEEnv):
     (defaults 10 and 50; ``a_worst`` the cap penalty of the token's worst decision, so a latency
     violation costs more than any cap violation, :mod:`siftmoe_gym.envs.rewards`; no per-step penalty between
     ``eps_l`` and the cap: a per-step penalty above ``eps_l`` would forbid the
-    flexibility the average constraint gives).  At the last step the episode's
-    average excess is charged once:
-    ``- penalty * episode_tokens * sum_l max(0, mean_t(err_{t,l} / eps_l) - 1)``,
-    i.e. what a per-step penalty ``penalty * (err/eps_l - 1)`` would sum to if
-    every token carried the mean excess.  Top-k scores exactly -1 per step on
+    flexibility the average constraint gives).  The episode's average excess
+    ``- penalty * episode_tokens * sum_l max(0, mean_t(err_{t,l} / eps_l) - 1)``
+    (what a per-step penalty ``penalty * (err/eps_l - 1)`` would sum to if
+    every token carried the mean excess) is charged as it builds up: each step
+    adds ``reward_average = -penalty * (max(0, R_l' - (t + 1)) - max(0, R_l - t))``,
+    the change of the spending ahead of the pro-rata budget (``R_l`` before,
+    ``R_l'`` after the step), which sums over the episode to exactly that
+    charge (:func:`~siftmoe_gym.envs.rewards.average_step_penalty`): returns
+    are those of a charge at the last step, but a token over ``eps_l`` while
+    the layer is ahead of its budget pays at once (a learnable signal, where
+    a charge at the end only came 128 steps later).  Top-k scores exactly -1 per step on
     all-feasible links.  ``info`` adds ``cap``, ``queue`` (all layers, after
-    the step), ``cap_violation``, ``activated_nodes`` and, at the end, ``reward_average`` and
+    the step), ``cap_violation``, ``activated_nodes``, ``reward_average`` and, at the end,
     ``mean_error_ratio`` (L,).  Constraint costs, as safe-RL environments
     report them (Safety-Gymnasium's convention, one ``cost_*`` per budget and
     their sum ``cost``): ``cost_accuracy`` 1.0 when ``err`` exceeds the cap
@@ -149,6 +155,8 @@ class FastFadingEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): the average term is charged as the spending builds up (per step, the same
+      episode returns) instead of at the last step.
     - v0 (unreleased revision): node sets are served by ``serving_rule="least_error"`` by default (was
       ``"drift"``, under which even the optimum's node sets lost 11% energy and broke the average budget);
       the observation adds ``layer_allowance`` and ``budget_left``; ``info`` adds the constraint costs.
@@ -318,10 +326,12 @@ class FastFadingEnv(SiftMoEEnv):
                                                     self._worst_error(s) if res["lat"] > 0.0 else 0.0)
         ratio = res["err"] / float(self._eps_div[layer])
         self.queue[layer] = max(self.queue[layer] + ratio - 1.0, 0.0)
+        spent = float(self._ratio_sum[layer])
         self._ratio_sum[layer] += ratio
+        r_avg = float(average_step_penalty(spent, float(self._ratio_sum[layer]), t, self.env_config["penalty"]))
         self._s = s + 1
         terminated = self._s >= self._n_steps
-        r_avg, excess = 0.0, 0.0
+        excess = 0.0
         info = {
             "energy_j": res["energy"], "topk_energy_j": e_topk, "error_bound": res["err"], "budget": eps, "cap": cap,
             "violation": not within_budget(res["err"], eps),
@@ -343,7 +353,6 @@ class FastFadingEnv(SiftMoEEnv):
             tokens = self.env_config["episode_tokens"]
             mean_ratio = self._ratio_sum / tokens
             excess = average_excess(mean_ratio, tokens)
-            r_avg = -self.env_config["penalty"] * excess
             info["mean_error_ratio"] = mean_ratio
             self._episode_ready = False
         info["reward_average"] = r_avg

@@ -29,10 +29,12 @@ One step's reward is the sum of three terms (``docs/model.md`` section 8,
   any accuracy violation of the same token, at any budget: the reward ranks
   latency first, as P1 does.
 
-FastFading adds at the episode's end the average term of P3 (section 6: the
-accuracy penalty belongs to the average):
-``r_average = -penalty * T * sum_l max(mean_t err_{t,l} / eps_l - 1, 0)``
-(:func:`average_penalty`).
+FastFading adds the average term of P3 (section 6: the accuracy penalty
+belongs to the average), ``-penalty * T * sum_l max(mean_t err_{t,l} / eps_l - 1, 0)``
+over the episode (:func:`average_penalty`), spread over the steps as the
+change of ``-penalty * max(0, R_l - n_l)``, the spending ahead of the pro-rata
+budget (:func:`average_step_penalty`; section 6's "spread it through the
+virtual queue").
 
 :func:`reward_terms` computes one step's terms, :func:`reward_terms_batch`
 the same for the native vector environment's copies.
@@ -97,6 +99,20 @@ def average_penalty(mean_ratio: np.ndarray, tokens: int, penalty: float):
     """FastFading's end-of-episode term ``-penalty * T * sum_l max(mean_ratio_l - 1, 0)``
     (``-penalty *`` :func:`average_excess`)."""
     return -penalty * average_excess(mean_ratio, tokens)
+
+
+def average_step_penalty(spent_before, spent_after, tokens_done, penalty):
+    """FastFading's average term, spread over the steps: ``-penalty * (max(0, R' - (n + 1)) - max(0, R - n))``
+    for a step of layer ``l`` that moves its error spent from ``R = spent_before`` to ``R' = spent_after``
+    (budget units, ``R_l = sum_t err_{t,l} / eps_l``) after ``n = tokens_done`` earlier tokens of the layer.
+
+    The potential ``-penalty * max(0, R_l - n_l)`` (the spending ahead of the pro-rata budget ``n_l``) is 0
+    at the start and ``-penalty * T * max(0, mean_t err_{t,l}/eps_l - 1)`` after the layer's ``T``-th token,
+    so the steps' terms telescope to :func:`average_penalty` exactly (up to rounding): every episode's
+    return is that of the end-of-episode charge, and the charge comes when the spending happens (a token over
+    ``eps_l`` while ahead of the pro-rata budget pays at once, one under it while ahead earns it back).
+    Scalars or arrays over copies."""
+    return -penalty * (np.maximum(spent_after - (tokens_done + 1), 0.0) - np.maximum(spent_before - tokens_done, 0.0))
 
 
 COST_KEYS = ("cost", "cost_accuracy", "cost_latency")

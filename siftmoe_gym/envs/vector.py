@@ -53,7 +53,7 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .prefill import PrefillEnv
 from .observations import budget_features
-from .rewards import average_excess, avoidable_rows, constraint_costs, reward_terms_batch
+from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 
@@ -422,16 +422,17 @@ class SiftMoEVectorEnv(VectorEnv):
         if ff:
             ratio = err / eps_d
             self._queue[:, layer] = np.maximum(self._queue[:, layer] + ratio - 1.0, 0.0)
+            spent = self._ratio_sum[:, layer].copy()
             self._ratio_sum[:, layer] += ratio
+            r_avg = average_step_penalty(spent, self._ratio_sum[:, layer], s // env.n_layers, pen)
             info["cap"] = np.full(n, cap)
             info["cap_violation"] = over  # err over the cap: the accuracy term's test
             info["queue"] = self._queue.copy()
-            r_avg, excess = np.zeros(n), np.zeros(n)
+            excess = np.zeros(n)
             if terminated:
                 tokens = self._tokens_per_ep
                 mean_ratio = self._ratio_sum / tokens
                 excess = average_excess(mean_ratio, tokens)
-                r_avg = -pen * excess
                 info["mean_error_ratio"] = mean_ratio
             info["reward_average"] = r_avg
             info.update(constraint_costs(self._avoidable(over, s, layer, cap), lat, excess))
