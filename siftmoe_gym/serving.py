@@ -280,6 +280,10 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     return minerr, rebuild
 
 
+MAX_SEARCH_NODES = 24
+"""Most costly allowed nodes the node-subset search enumerates (``2^24`` subsets take gigabytes)."""
+
+
 def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: float, wr: float,
                   free_nodes: bool = True) -> np.ndarray:
     """Branch and bound over allowed node subsets; falls back to least error (ties cheaper).
@@ -287,8 +291,9 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
     With ``free_nodes`` (the default) the allowed edge nodes that cost nothing (``node_cost == 0``, as the
     activated nodes of a node-set action) are in every subset: adding them changes no subset's cost and
     lowers no level's least error, so the optimum is among those subsets, and a node-set action is served by
-    one dynamic program instead of ``2^|U|``.  ``free_nodes=False`` enumerates them too (the reference the
-    tests compare with).
+    one dynamic program instead of ``2^|U|``; costly nodes without an expert that beats skipping a slot are in
+    none.  ``free_nodes=False`` enumerates every allowed node (the reference the tests compare with).
+    ``ValueError`` past :data:`MAX_SEARCH_NODES` nodes left to enumerate.
     """
     k, n = len(inst.topk), inst.num_experts
     dk = inst.delta_ext[inst.topk]  # (k, N+1)
@@ -306,7 +311,15 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
         free = edges[inst.node_cost[edges] == 0.0]
         base_nodes[free] = True
         edges = edges[inst.node_cost[edges] != 0.0]
+        # a costly node none of whose experts beats skipping a slot serves nothing the DP would use: no subset
+        # with it is better than the same subset without it (exact; the DP compares g_s Delta with g_s sigma)
+        useful = (g[:, None] * pernode[:, edges] < gsig[:, None]).any(axis=0)
+        edges = edges[useful]
     a = len(edges)
+    if a > MAX_SEARCH_NODES:
+        raise ValueError(
+            f"exact P1 searches subsets of the costly allowed nodes with a useful expert: {a} > "
+            f"{MAX_SEARCH_NODES} of them (2^{a} subsets); allow fewer nodes")
     if a == 0:  # every allowed node is free (or none is allowed): one dynamic program
         return serve_free(dk, g, inst.node_of, base_nodes, cap, inst.compute_cost, we, wr, pernode[:, base_nodes])
     nsub = 1 << a
