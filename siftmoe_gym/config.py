@@ -71,7 +71,7 @@ SYSTEM_RANGES: dict[str, Range] = {
     "num_experts": Range("int", 2, 1024),
     "top_k": Range("int", 1, 64),  # and <= num_experts
     "num_layers": Range("int", 1, 256),
-    "num_nodes": Range("int", 1, 16),  # the node-set action spaces have 2^M entries
+    "num_nodes": Range("int", 1, 32),  # past 16: node-set actions as per-node bits only (no Discrete(2**M))
     "hidden_size": Range("int", 1, 65536),
     "bits_per_element": Range("int", 1, 64),
     "bandwidth_hz": Range("float", 1e3, 1e10, "Hz"),
@@ -171,7 +171,7 @@ class SystemConfig:
     num_experts: int = 8  # N, [2, 1024]
     top_k: int = 2  # k, [1, min(N, 64)]
     num_layers: int = 4  # L, [1, 256]
-    num_nodes: int = 4  # M edge nodes, [1, 16]
+    num_nodes: int = 4  # M edge nodes, [1, 32] (the "discrete" action mode: at most 16)
     hidden_size: int = 4096  # d, [1, 65536]
     bits_per_element: int = 16  # b, [1, 64]
     bandwidth_hz: float = 10e6  # B, [1e3, 1e10] Hz

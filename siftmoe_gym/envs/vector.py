@@ -46,6 +46,7 @@ from ..bounds import ABS_TOL, REL_TOL, within_budget
 from ..energy import TOPK_FLOOR_J
 from ..serving import pick_allowed_rows
 from ..serving_table import err_table
+from .actions import node_sets
 from .config import check_count, reset_config
 from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
@@ -245,7 +246,7 @@ class SiftMoEVectorEnv(VectorEnv):
         if key is None or key[0] is not env.system or key[1] is not env.table:
             levels = env._count_levels
             st = None
-            if env.table.enabled and levels is not None:
+            if env.table.enabled and levels is not None and env._subset_nodes is not None:
                 perm = np.concatenate(levels)  # combos by count level, ascending index within a level
                 bounds = np.cumsum([0] + [len(c) for c in levels])
                 node_ext = np.concatenate([env.system.node_of, np.zeros((env.n_layers, 1), np.int64)], axis=1)
@@ -361,16 +362,21 @@ class SiftMoEVectorEnv(VectorEnv):
             # served by the compute energy e_c |C| (plus, in P3, the weighted error)
             err_c = err_table(gates[:, :, None] * dk)  # (n, C)
             ec = env._ec_count  # (C,)
-            active = env._subset_nodes[payload]  # (n, M+1)
+            active = env._subset_nodes[payload] if env._subset_nodes is not None else node_sets(payload, env.n_nodes)
             if tab.allow is not None:
                 allow = tab.allow[layer][payload]
             else:
                 allow = (~active).astype(np.float64) @ tab.nodes_f[layer].T == 0
-            if not ff:
+            if not ff and self._mask_e is not None:
                 ecb = np.broadcast_to(ec, err_c.shape)
                 idx = pick_allowed_rows(allow, err_c, ecb, ecb, np.full(n, cap))[0]
                 energy = self._mask_e[ar, payload] + ec[idx]
                 lat = self._mask_lat[ar, payload]
+            elif not ff:  # past DISCRETE_MAX_NODES nodes: no per-node-set table, the same row sums
+                ecb = np.broadcast_to(ec, err_c.shape)
+                idx = pick_allowed_rows(allow, err_c, ecb, ecb, np.full(n, cap))[0]
+                energy = np.where(active, cost, 0.0).sum(axis=1) + ec[idx]
+                lat = np.where(active, viol, 0.0).max(axis=1)
             else:
                 obj = we[:, None] * ec + wr[:, None] * err_c
                 idx, _ = pick_allowed_rows(allow, err_c, np.broadcast_to(ec, err_c.shape), obj, np.full(n, cap))
