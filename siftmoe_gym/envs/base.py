@@ -231,14 +231,11 @@ class SiftMoEEnv(gym.Env):
             distinct = self.compute_cost > float(ec.max()) * 2 * REL_TOL + 2 * ABS_TOL
             self._count_levels = [np.flatnonzero(tab.count == c) for c in levels] if distinct else None
 
-    EPISODE_BATCH_BYTES = 64 << 20
-    """About the most memory the episodes a single environment draws ahead may take (:class:`EpisodeCache`)."""
+    EPISODE_BATCH_BYTES = 64 << 20  # about the most memory a single environment's drawn-ahead episodes may take
 
     def _episode_batch_limit(self) -> int:
-        """How many episodes the :class:`EpisodeCache` may draw at once: at most 16, fewer when one episode's
-        step tables (dissimilarity rows (S, k, N+1), router rows, observation rows, the enumeration's error
-        rows) pass ``EPISODE_BATCH_BYTES / 16``: about 40 MB per episode at deepseek-v3's size.  Drawing ahead
-        is invisible (the generator is left where drawing one at a time leaves it), so this only bounds memory."""
+        """Episodes the :class:`EpisodeCache` may draw at once: 16, fewer when their step tables would pass
+        ``EPISODE_BATCH_BYTES`` (a deepseek-v3 episode: about 40 MB); drawing ahead is invisible either way."""
         steps = self.env_config.get("episode_tokens", self.system.config.prefill_tokens) * self.n_layers
         combos = len(self.table.servers) if self.table.enabled else 0
         per_step = 8 * (self.top_k * (self.n_experts + 1) + 2 * self.n_experts + combos) + 4 * self.obs_dim
@@ -351,8 +348,7 @@ class SiftMoEEnv(gym.Env):
                 "used": used, "active": active.copy(), "feasible": bool(feas[active].all())}
 
     def _active_nodes(self, mask: int) -> np.ndarray:
-        """The node set (M+1,) bool of edge-node bitmask ``mask`` (a row of the per-node-set table when there
-        is one: do not write into it)."""
+        """The node set (M+1,) bool of edge-node bitmask ``mask`` (possibly a shared table row: read only)."""
         return self._subset_nodes[mask] if self._subset_nodes is not None else node_sets(mask, self.n_nodes)
 
     def _result_from_combo(self, idx: int, s: int, layer: int, cost, feas, viol, active) -> dict[str, Any]:

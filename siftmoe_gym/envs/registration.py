@@ -6,10 +6,10 @@ import gymnasium as gym
 
 _SPECS = {
     "siftmoe_gym/Decode-v0": ("siftmoe_gym.envs.decode:DecodeEnv", "siftmoe_gym.envs.vector:DecodeVectorEnv", {}),
-    "siftmoe_gym/Prefill-v0": ("siftmoe_gym.envs.prefill:PrefillEnv", "siftmoe_gym.envs.vector:PrefillVectorEnv", {}),
+    "siftmoe_gym/Prefill-v0": ("siftmoe_gym.envs.prefill:PrefillEnv", "siftmoe_gym.envs.prefill_vector:PrefillVectorEnv", {}),
     "siftmoe_gym/FastFading-v0": ("siftmoe_gym.envs.fastfading:FastFadingEnv", "siftmoe_gym.envs.vector:FastFadingVectorEnv", {}),
     "siftmoe_gym/DecodeDiscrete-v0": ("siftmoe_gym.envs.decode:DecodeEnv", "siftmoe_gym.envs.vector:DecodeVectorEnv", {"action_mode": "discrete"}),
-    "siftmoe_gym/PrefillDiscrete-v0": ("siftmoe_gym.envs.prefill:PrefillEnv", "siftmoe_gym.envs.vector:PrefillVectorEnv", {"action_mode": "discrete"}),
+    "siftmoe_gym/PrefillDiscrete-v0": ("siftmoe_gym.envs.prefill:PrefillEnv", "siftmoe_gym.envs.prefill_vector:PrefillVectorEnv", {"action_mode": "discrete"}),
     "siftmoe_gym/FastFadingDiscrete-v0": ("siftmoe_gym.envs.fastfading:FastFadingEnv", "siftmoe_gym.envs.vector:FastFadingVectorEnv", {"action_mode": "discrete"}),
 }
 

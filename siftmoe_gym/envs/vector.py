@@ -20,8 +20,9 @@ copies leave out the lazily created reset thread pool.
 
 Episodes have a fixed length, so every copy is always at the same step;
 Decode and FastFading are stepped fully batched (exact enumeration table),
-Prefill (and systems too large for the table) step the copies one after the
-other inside the same API.  Decode's node-set actions are served copy-minor
+systems too large for the table step the copies one after the other inside
+the same API, and Prefill has its own batched class
+(:mod:`siftmoe_gym.envs.prefill_vector`).  Decode's node-set actions are served copy-minor
 (arrays (combos, copies), combos sorted by computed-expert count), so the
 choice of every copy is a few reductions along contiguous rows
 (:meth:`SiftMoEVectorEnv._serve_nodes`); 1,024 default Decode copies step at
@@ -52,7 +53,6 @@ from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
-from .prefill import PrefillEnv
 from .observations import budget_features
 from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
 
@@ -475,8 +475,8 @@ class SiftMoEVectorEnv(VectorEnv):
         return self.max_episode_steps is not None and self._s >= self.max_episode_steps
 
     def _step_loop(self, actions):
-        """Copies stepped one after the other (Prefill, systems too large for the table), after the whole
-        batch has been checked."""
+        """Copies stepped one after the other (systems too large for the table), after the whole batch has
+        been checked."""
         n = self.num_envs
         env = self.env
         self._decode_actions(actions)  # raises before any copy moves
@@ -510,9 +510,3 @@ class FastFadingVectorEnv(SiftMoEVectorEnv):
     """Native vector version of ``siftmoe_gym/FastFading-v0``."""
 
     env_class = FastFadingEnv
-
-
-class PrefillVectorEnv(SiftMoEVectorEnv):
-    """Vector version of ``siftmoe_gym/Prefill-v0`` (copies stepped in turn, same API and results)."""
-
-    env_class = PrefillEnv

@@ -1,0 +1,242 @@
+"""Native vector ``siftmoe_gym/Prefill-v0``: every copy's block stepped at once in numpy.
+
+Copy ``i`` reset with ``seed`` draws its block from ``seeding.np_random(seed + i)``
+with the single environment's own :func:`~siftmoe_gym.envs.prefill.draw_prefill_episode`
+(one short loop over the copies), then every per-episode table the single
+environment builds in ``_load_episode`` (router rows, dissimilarity rows of the
+top-k slots, top-k's node sets, the enumeration's error rows, ``Ebar_l``, the
+static observation rows, the block demand) is built for all copies at once
+with the same row-wise operations, and each step serves, pays and loads every
+copy with the single environment's arithmetic over arrays: the marginal node
+costs from each copy's loads, the node-set choice of
+:func:`~siftmoe_gym.serving.pick_row` (batched as
+:func:`~siftmoe_gym.serving.pick_allowed_rows`), the reward, the constraint
+costs and the episode metrics.  Copy ``i`` therefore reproduces the single
+environment seeded with ``seed + i`` step for step, bit for bit, observations,
+rewards and every ``info`` key included (``tests/test_scale_prefill_vector.py``
+compares them with ``gymnasium.vector.SyncVectorEnv``).  Above the
+enumeration table (large ``(N+1)^k``) node sets are served copy by copy with
+:func:`~siftmoe_gym.serving.serve_free`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.error import ResetNeeded
+
+from ..bounds import within_budget
+from ..serving import pick_allowed_rows, serve_free
+from .actions import node_sets
+from .metrics import add_episode_metrics_batch
+from .observations import COST_CLIP
+from .prefill import PrefillEnv, draw_prefill_episode
+from .rewards import avoidable_rows, constraint_costs, reward_terms_batch
+from .vector import SiftMoEVectorEnv
+
+
+class PrefillVectorEnv(SiftMoEVectorEnv):
+    """Native vector version of ``siftmoe_gym/Prefill-v0`` (see the module docstring)."""
+
+    env_class = PrefillEnv
+
+    # ---------------------------------------------------------------- reset
+    def _reset_all(self):
+        env, n = self.env, self.num_envs
+        self._s = 0
+        self._autoreset = False
+        t = int(env.system.config.prefill_tokens)
+        eps = [draw_prefill_episode(env.system, rng, t) for rng in self._rngs]
+        self._build(eps, t)
+        ones = self._mask()
+        info = {"layer": np.zeros(n, dtype=np.int64), "_layer": ones,
+                "token": np.zeros(n, dtype=np.int64), "_token": ones}  # the single environment's reset info
+        return self._format(self._observation()), info
+
+    def _build(self, eps: list[dict[str, Any]], t: int) -> None:
+        """``PrefillEnv._load_episode`` for every copy, row by row."""
+        env, n = self.env, self.num_envs
+        nl, m1, k = env.n_layers, env.n_nodes + 1, env.top_k
+        s = t * nl
+        self._T, self._n_steps = t, s
+        stack = lambda key: np.stack([getattr(e["tokens"], key) for e in eps])  # noqa: E731
+        probs = stack("probs").transpose(0, 2, 1, 3).reshape(n, s, -1)
+        topk = stack("topk").transpose(0, 2, 1, 3).reshape(n, s, -1)
+        gates = stack("gates").transpose(0, 2, 1, 3).reshape(n, s, -1)
+        norms = stack("norms").transpose(0, 2, 1).reshape(n, s)
+        layers = np.repeat(np.arange(nl), t)
+        self._layers = layers
+        self._probs, self._topk, self._gates = probs, topk, gates
+        dk = env.system.delta_ext[layers[None, :, None], topk]  # (n, S, k, N+1)
+        self._dk = dk
+        no = env.system.node_of[layers[None, :, None], topk]  # (n, S, k)
+        used = np.zeros((n, s, m1), dtype=bool)
+        np.put_along_axis(used, no, True, axis=-1)
+        self._topk_used = used
+        st = np.sort(topk, axis=-1)
+        self._topk_count = 1 + np.sum(st[..., 1:] != st[..., :-1], axis=-1)
+        self._err_tab = env.table.err_rows(dk.reshape(n * s, k, -1), gates.reshape(n * s, k)).reshape(n, s, -1) \
+            if env.table.enabled else None
+        self._cost_tab = np.stack([e["cost_tab"] for e in eps])  # (n, M+1, T+1)
+        self._feas_tab = np.stack([e["feas_tab"] for e in eps])
+        self._viol_tab = np.stack([e["viol_tab"] for e in eps])
+        ar = np.arange(m1)
+        n_topk = used.reshape(n, nl, t, m1).sum(axis=2)  # (n, L, M+1)
+        block_topk = self._cost_tab[np.arange(n)[:, None, None], ar[None, None, :], n_topk].sum(axis=2)
+        block_topk = block_topk + env.compute_cost * self._topk_count.reshape(n, nl, t).sum(axis=2)
+        self._e_bar = block_topk / t  # (n, L)
+        margin = np.stack([env._margin_db(e["gains"]) for e in eps])  # (n, M)
+        obs = env._static_features(probs, topk, layers, norms, None, gates,
+                                   np.broadcast_to(margin[:, None, :], (n, s, env.n_nodes)), None, None, None,
+                                   np.arange(s) / s)
+        sl = env.obs_slices
+        obs[:, :, sl["block_position"]] = (np.arange(s) % t / t)[:, None]
+        demand = used[:, :, 1:].reshape(n, nl, t, -1)[:, :, ::-1].cumsum(axis=2)[:, :, ::-1]
+        obs[:, :, sl["block_demand"]] = demand.reshape(n, s, -1) / t
+        self._obs_table = obs
+        self._ar, self._arm = np.arange(n), ar
+        self._rows = np.arange(n)[:, None]
+        self._start_layer()
+        self._sums = np.zeros((4, n))  # energy, top-k reference, violations, latency violations
+        self._node_onehot = np.zeros((nl, env.n_experts, m1))
+        for lay in range(nl):
+            self._node_onehot[lay, np.arange(env.n_experts), env.system.node_of[lay]] = 1.0
+
+    def _start_layer(self) -> None:
+        n, m1 = self.num_envs, self.env.n_nodes + 1
+        self._loads = np.zeros((n, m1), dtype=np.int64)
+        self._block_viol = np.zeros(n)
+        self._block_energy = np.zeros(n)
+
+    def _step_costs(self):
+        """Every copy's marginal ``(cost, feas, viol)`` (n, M+1) at its loads (``PrefillEnv._step_costs``)."""
+        loads, rows, ar = self._loads, self._rows, self._arm
+        nxt = np.minimum(loads + 1, self._T)
+        cost = self._cost_tab[rows, ar, nxt] - self._cost_tab[rows, ar, loads]
+        feas = self._feas_tab[rows, ar, nxt]
+        viol = np.maximum(self._viol_tab[rows, ar, nxt] - self._block_viol[:, None], 0.0)
+        return cost, feas, viol
+
+    def _observation(self) -> np.ndarray:
+        env = self.env
+        s = min(self._s, self._n_steps - 1)
+        obs = self._obs_table[:, s].copy()
+        cost, feas, _ = self._step_costs()
+        layer = int(self._layers[s])
+        sl = env.obs_slices
+        obs[:, sl["node_cost"]] = np.clip(cost[:, 1:] / (self._e_bar[:, layer] + env.floor)[:, None], 0.0, COST_CLIP)
+        obs[:, sl["node_feasible"]] = feas[:, 1:]
+        obs[:, sl["loads"]] = self._loads[:, 1:] / self._T
+        return obs
+
+    # ------------------------------------------------------------------ step
+    def _serve_batch(self, kind: str, payload: np.ndarray, s: int, layer: int, cost, viol, cap: float):
+        """``PrefillEnv._serve`` for every copy: (assignment, computed, energy, err, lat, used, active)."""
+        env = self.env
+        n, nn, tab = self.num_envs, env.n_experts, env.table
+        gates, dk = self._gates[:, s], self._dk[:, s]  # (n, k), (n, k, N+1)
+        if kind == "nodes":
+            active = env._subset_nodes[payload] if env._subset_nodes is not None else node_sets(payload, env.n_nodes)
+            if tab.enabled:
+                err_c = self._err_tab[:, s]  # (n, C)
+                ec = env._ec_count
+                allow = tab.allow[layer][payload] if tab.allow is not None \
+                    else (~active).astype(np.float64) @ tab.nodes_f[layer].T == 0
+                ecb = np.broadcast_to(ec, err_c.shape)
+                idx = pick_allowed_rows(allow, err_c, ecb, ecb, np.full(n, cap))[0]
+                servers = tab.servers[idx]
+                computed = np.take(tab.computed, idx, axis=0)
+                used = tab.nodes[layer][idx]
+                count = tab.count[idx]
+            else:
+                node_of = env.system.node_of[layer]
+                servers = np.empty((n, env.top_k), dtype=np.int64)
+                for i in range(n):
+                    a = serve_free(dk[i], gates[i], node_of, active[i], cap, env.compute_cost)
+                    servers[i] = np.where(a < 0, nn, a)
+                computed = np.zeros((n, nn + 1), dtype=bool)
+                np.put_along_axis(computed, servers, True, axis=1)
+                computed = computed[:, :nn]
+                used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+                count = computed.sum(axis=1)
+        else:
+            if kind == "experts":
+                usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
+                servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
+                computed = payload
+            else:
+                servers = payload
+                computed = np.zeros((n, nn + 1), dtype=bool)
+                np.put_along_axis(computed, servers, True, axis=1)
+                computed = computed[:, :nn]
+            used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+            active = used
+            count = computed.sum(axis=1)
+        energy = np.where(active, cost, 0.0).sum(axis=1) + env.compute_cost * count
+        err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+        lat = np.where(active, viol, 0.0).max(axis=1)
+        assignment = np.where(servers >= nn, -1, servers)
+        return assignment, computed, energy, err, lat, used, active
+
+    def step(self, actions):
+        if not self._started:
+            raise ResetNeeded("Cannot call env.step() before calling env.reset()")
+        n = self.num_envs
+        if self._autoreset:  # NEXT_STEP autoreset: the actions are not served (checked all the same)
+            self._decode_actions(actions)
+            obs, info = self._reset_all()
+            z = np.zeros(n, dtype=bool)
+            return obs, np.zeros(n), z, z.copy(), info
+        env = self.env
+        kind, payload = self._decode_actions(actions)  # the whole batch checked before any copy moves
+        s = self._s
+        layer = int(self._layers[s])
+        eps, eps_d = float(env.budgets[layer]), float(env._eps_div[layer])
+        cost, feas, viol = self._step_costs()
+        assignment, computed, energy, err, lat, used, active = self._serve_batch(kind, payload, s, layer, cost, viol, eps)
+        e_topk = np.where(self._topk_used[:, s], cost, 0.0).sum(axis=1) + env.compute_cost * self._topk_count[:, s]
+        e_bar = self._e_bar[:, layer]
+        cfg = env.env_config
+        gates, topk = self._gates[:, s], self._topk[:, s]
+        worst = (gates * env._worst_row[layer][topk]).sum(axis=1)
+        r_e, r_a, r_l, violation = reward_terms_batch(energy, e_bar, err, eps, eps_d, lat, env.floor, cfg["penalty"],
+                                                      cfg["penalty_latency"], env._tau, worst)
+        reward = r_e + r_a + r_l
+        avoid = np.zeros(n, dtype=bool)
+        over = np.flatnonzero(violation)
+        if len(over):
+            avoid[over] = avoidable_rows(self._dk[over, s], gates[over], feas[over], env._node_ext[layer], eps)
+        self._loads = self._loads + active  # every activated node receives the token (paid)
+        self._block_viol = self._block_viol + lat
+        self._block_energy = self._block_energy + energy
+        info = {
+            "energy_j": energy, "topk_energy_j": e_topk, "error_bound": err, "budget": np.full(n, eps),
+            "violation": violation, "latency_violation": lat,
+            "assignment": assignment, "computed": computed, "nodes_used": used, "activated_nodes": active,
+            "reward_energy": r_e, "reward_accuracy": r_a, "reward_latency": r_l,
+            "layer": np.full(n, layer), "token": np.full(n, s % self._T), "loads": self._loads.copy(),
+            "block_energy_j": self._block_energy.copy(), "reward_scale_j": e_bar.copy(),
+            **constraint_costs(violation & avoid, lat),
+        }
+        sums = self._sums
+        sums[0] += energy
+        sums[1] += e_bar  # top-k's reference: its block energy per token at this layer
+        sums[2] += violation
+        sums[3] += lat > 0.0
+        self._s = s + 1
+        terminated = self._s >= self._n_steps
+        ones = self._mask()
+        if terminated:
+            add_episode_metrics_batch(info, sums[0], self._e_bar.sum(axis=1) * self._T, sums[2], sums[3], self._T,
+                                      self._n_steps, ones)
+        else:
+            add_episode_metrics_batch(info, sums[0], sums[1], sums[2], sums[3], self._s / env.n_layers, self._s, ones)
+            if self._s % self._T == 0:
+                self._start_layer()
+        for key in list(info):
+            info["_" + key] = ones
+        truncated = self._truncated()
+        self._autoreset = terminated or truncated
+        obs = self._format(self._observation())
+        return obs, reward, np.full(n, terminated), np.full(n, truncated), info
