@@ -83,3 +83,8 @@ def test_prefill_vector_rejects_a_bad_batch_before_moving():
         envs.step(np.full((2, 4), 2, np.int8))
     assert np.array_equal(envs.unwrapped._loads, before) and envs.unwrapped._s == 0
     envs.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_prefill_vector_matches_sync_over_seeds(seed):
+    _compare({"config": {"prefill_tokens": 2}}, 2 * 8 + 2, seed=seed, n=8)

@@ -1,8 +1,9 @@
 """Native vector ``siftmoe_gym/Prefill-v0``: every copy's block stepped at once in numpy.
 
-Copy ``i`` reset with ``seed`` draws its block from ``seeding.np_random(seed + i)``
-with the single environment's own :func:`~siftmoe_gym.envs.prefill.draw_prefill_episode`
-(one short loop over the copies), then every per-episode table the single
+Copy ``i`` reset with ``seed`` draws its block from ``seeding.np_random(seed + i)``:
+the raw numbers of :func:`~siftmoe_gym.envs.prefill.draw_prefill_episode`, in its
+order (one short loop over the copies), then the routing, top-k, gains and load
+tables, and every per-episode table the single
 environment builds in ``_load_episode`` (router rows, dissimilarity rows of the
 top-k slots, top-k's node sets, the enumeration's error rows, ``Ebar_l``, the
 static observation rows, the block demand) is built for all copies at once
@@ -28,12 +29,52 @@ from gymnasium.error import ResetNeeded
 
 from ..bounds import within_budget
 from ..serving import pick_allowed_rows, serve_free
+from ..serving_table import err_table
+from ..synthetic import topk_gates
+from ..workload import SyntheticWorkload, TokenBatch
 from .actions import node_sets
 from .metrics import add_episode_metrics_batch
 from .observations import COST_CLIP
-from .prefill import PrefillEnv, draw_prefill_episode
+from .prefill import PrefillEnv
 from .rewards import avoidable_rows, constraint_costs, reward_terms_batch
 from .vector import SiftMoEVectorEnv
+
+
+def _draw_blocks(system, rngs, t: int) -> dict[str, Any]:
+    """:func:`~siftmoe_gym.envs.prefill.draw_prefill_episode` for every generator: each draws its distances,
+    fading and its tokens' raw numbers in that function's order; the tokens' routing (row by row,
+    :meth:`~siftmoe_gym.synthetic.SyntheticMoE.routing`), top-k, gains and load tables are then computed for
+    all copies at once.  Arrays with a leading copy axis."""
+    b = len(rngs)
+    wl = system.workload
+    synthetic = isinstance(wl, SyntheticWorkload)
+    dist = np.empty((b, system.num_nodes))
+    fad = np.empty((b, system.num_nodes))
+    if synthetic:
+        model = wl.model
+        nu, nz, ng = model.routing_draw_sizes(t)
+        u, z = np.empty((b, nu)), np.empty((b, nz))
+        gam = np.empty((b, ng)) if ng else None
+    toks = []
+    for i, rng in enumerate(rngs):
+        dist[i] = system.draw_distances(rng)
+        fad[i] = system.fading_process().reset(rng)
+        if synthetic:  # SyntheticMoE.sample_routing's draws
+            rng.random(out=u[i])
+            rng.standard_normal(out=z[i])
+            if gam is not None:
+                model.draw_chi2(rng, ng, out=gam[i])
+        else:
+            toks.append(system.sample_tokens(rng, t))
+    if synthetic:
+        probs, norms = model.routing(model.topics_from_uniform(u), z, gam)
+        topk, gates = topk_gates(probs, system.config.top_k, system.config.renormalize_gates)
+        tokens = TokenBatch(probs, topk, gates, norms)
+    else:
+        tokens = TokenBatch(*(np.stack([getattr(x, f) for x in toks]) for f in ("probs", "topk", "gates", "norms")))
+    gains = system.gains(dist, fad)
+    cost_tab, feas_tab, viol_tab = system.load_tables(gains, t)  # (B, M+1, T+1)
+    return {"gains": gains, "tokens": tokens, "cost_tab": cost_tab, "feas_tab": feas_tab, "viol_tab": viol_tab}
 
 
 class PrefillVectorEnv(SiftMoEVectorEnv):
@@ -47,24 +88,23 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         self._s = 0
         self._autoreset = False
         t = int(env.system.config.prefill_tokens)
-        eps = [draw_prefill_episode(env.system, rng, t) for rng in self._rngs]
-        self._build(eps, t)
+        self._build(_draw_blocks(env.system, self._rngs, t), t)
         ones = self._mask()
         info = {"layer": np.zeros(n, dtype=np.int64), "_layer": ones,
                 "token": np.zeros(n, dtype=np.int64), "_token": ones}  # the single environment's reset info
         return self._format(self._observation()), info
 
-    def _build(self, eps: list[dict[str, Any]], t: int) -> None:
-        """``PrefillEnv._load_episode`` for every copy, row by row."""
+    def _build(self, ep: dict[str, Any], t: int) -> None:
+        """``PrefillEnv._load_episode`` for every copy, row by row (``ep``: :func:`_draw_blocks`)."""
         env, n = self.env, self.num_envs
-        nl, m1, k = env.n_layers, env.n_nodes + 1, env.top_k
+        nl, m1 = env.n_layers, env.n_nodes + 1
         s = t * nl
         self._T, self._n_steps = t, s
-        stack = lambda key: np.stack([getattr(e["tokens"], key) for e in eps])  # noqa: E731
-        probs = stack("probs").transpose(0, 2, 1, 3).reshape(n, s, -1)
-        topk = stack("topk").transpose(0, 2, 1, 3).reshape(n, s, -1)
-        gates = stack("gates").transpose(0, 2, 1, 3).reshape(n, s, -1)
-        norms = stack("norms").transpose(0, 2, 1).reshape(n, s)
+        tok = ep["tokens"]
+        probs = tok.probs.transpose(0, 2, 1, 3).reshape(n, s, -1)
+        topk = tok.topk.transpose(0, 2, 1, 3).reshape(n, s, -1)
+        gates = tok.gates.transpose(0, 2, 1, 3).reshape(n, s, -1)
+        norms = tok.norms.transpose(0, 2, 1).reshape(n, s)
         layers = np.repeat(np.arange(nl), t)
         self._layers = layers
         self._probs, self._topk, self._gates = probs, topk, gates
@@ -76,17 +116,21 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         self._topk_used = used
         st = np.sort(topk, axis=-1)
         self._topk_count = 1 + np.sum(st[..., 1:] != st[..., :-1], axis=-1)
-        self._err_tab = env.table.err_rows(dk.reshape(n * s, k, -1), gates.reshape(n * s, k)).reshape(n, s, -1) \
-            if env.table.enabled else None
-        self._cost_tab = np.stack([e["cost_tab"] for e in eps])  # (n, M+1, T+1)
-        self._feas_tab = np.stack([e["feas_tab"] for e in eps])
-        self._viol_tab = np.stack([e["viol_tab"] for e in eps])
+        # node sets served copy-minor from the combos' error bounds step by step (SiftMoEVectorEnv._serve_nodes)
+        # when the table's counts never tie; else every combo's error bound up front (err_rows's sums)
+        self._static = None
+        self._static_key = None
+        static = self._serving_static() if env.table.enabled else None
+        self._err_tab = err_table(gates[..., None] * dk) if env.table.enabled and static is None else None
+        self._topk_t = np.ascontiguousarray(topk.transpose(1, 2, 0))  # (S, k, n)
+        self._gates_t = np.ascontiguousarray(gates.transpose(1, 2, 0))
+        self._cost_tab, self._feas_tab, self._viol_tab = ep["cost_tab"], ep["feas_tab"], ep["viol_tab"]  # (n, M+1, T+1)
         ar = np.arange(m1)
         n_topk = used.reshape(n, nl, t, m1).sum(axis=2)  # (n, L, M+1)
         block_topk = self._cost_tab[np.arange(n)[:, None, None], ar[None, None, :], n_topk].sum(axis=2)
         block_topk = block_topk + env.compute_cost * self._topk_count.reshape(n, nl, t).sum(axis=2)
         self._e_bar = block_topk / t  # (n, L)
-        margin = np.stack([env._margin_db(e["gains"]) for e in eps])  # (n, M)
+        margin = env._margin_db(ep["gains"])  # (n, M)
         obs = env._static_features(probs, topk, layers, norms, None, gates,
                                    np.broadcast_to(margin[:, None, :], (n, s, env.n_nodes)), None, None, None,
                                    np.arange(s) / s)
@@ -98,6 +142,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         self._ar, self._arm = np.arange(n), ar
         self._rows = np.arange(n)[:, None]
         self._start_layer()
+        self._costs = self._step_costs()
         self._sums = np.zeros((4, n))  # energy, top-k reference, violations, latency violations
         self._node_onehot = np.zeros((nl, env.n_experts, m1))
         for lay in range(nl):
@@ -122,7 +167,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         env = self.env
         s = min(self._s, self._n_steps - 1)
         obs = self._obs_table[:, s].copy()
-        cost, feas, _ = self._step_costs()
+        cost, feas, _ = self._costs
         layer = int(self._layers[s])
         sl = env.obs_slices
         obs[:, sl["node_cost"]] = np.clip(cost[:, 1:] / (self._e_bar[:, layer] + env.floor)[:, None], 0.0, COST_CLIP)
@@ -138,7 +183,14 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         gates, dk = self._gates[:, s], self._dk[:, s]  # (n, k), (n, k, N+1)
         if kind == "nodes":
             active = env._subset_nodes[payload] if env._subset_nodes is not None else node_sets(payload, env.n_nodes)
-            if tab.enabled:
+            static = self._serving_static() if tab.enabled else None
+            if static is not None:  # the same choices as pick_allowed_rows (objective e_c |C|)
+                idx = static[0][self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)[0]]
+                servers = tab.servers[idx]
+                computed = np.take(tab.computed, idx, axis=0)
+                used = tab.nodes[layer][idx]
+                count = tab.count[idx]
+            elif tab.enabled:
                 err_c = self._err_tab[:, s]  # (n, C)
                 ec = env._ec_count
                 allow = tab.allow[layer][payload] if tab.allow is not None \
@@ -193,7 +245,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         s = self._s
         layer = int(self._layers[s])
         eps, eps_d = float(env.budgets[layer]), float(env._eps_div[layer])
-        cost, feas, viol = self._step_costs()
+        cost, feas, viol = self._costs  # (the step costs at the loads the last step left)
         assignment, computed, energy, err, lat, used, active = self._serve_batch(kind, payload, s, layer, cost, viol, eps)
         e_topk = np.where(self._topk_used[:, s], cost, 0.0).sum(axis=1) + env.compute_cost * self._topk_count[:, s]
         e_bar = self._e_bar[:, layer]
@@ -234,6 +286,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
             add_episode_metrics_batch(info, sums[0], sums[1], sums[2], sums[3], self._s / env.n_layers, self._s, ones)
             if self._s % self._T == 0:
                 self._start_layer()
+        self._costs = self._step_costs()
         for key in list(info):
             info["_" + key] = ones
         truncated = self._truncated()
