@@ -198,7 +198,7 @@ class DecodeEnv(SiftMoEEnv):
     episode_tokens=None, render_mode=None)``
 
     - ``config``: a preset name (``"mixtral-small"``, ``"qwen3-30b-a3b"``,
-      ``"olmoe"``), a :class:`~siftmoe_gym.config.SystemConfig`, or a dict of
+      ``"olmoe"``, ``"deepseek-v3"``, ``"qwen3-235b-a22b"``), a :class:`~siftmoe_gym.config.SystemConfig`, or a dict of
       system keys (optionally ``preset``) and environment keys from
       :meth:`default_config` (``episode_tokens``, ``penalty``,
       ``penalty_latency``, ``reward_floor_j``, ``solo_error_features``).
