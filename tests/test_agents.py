@@ -28,7 +28,8 @@ ENV_IDS = [
 
 # ------------------------------------------------------------------ registry
 def test_algorithm_names_and_aliases():
-    assert set(ALGOS) == {"ppo", "a2c", "dqn", "ppo_mask", "ppo_lstm"}
+    assert set(ALGOS) == {"ppo", "a2c", "dqn", "ppo_mask", "ppo_lstm", "ppo_lag"}
+    assert canonical_algo("ppo_lagrangian") == "ppo_lag"
     assert canonical_algo("PPO") == "ppo"
     assert canonical_algo("maskable_ppo") == "ppo_mask"
     assert canonical_algo("recurrent_ppo") == "ppo_lstm"
