@@ -95,12 +95,37 @@ def test_episode_metrics_batch_matches_single():
 def test_observation_layout_slices_and_dict():
     segs = segments(8, 4, 3, True, [("queues", 3, 0.0, 1.0)])
     layout = ObservationLayout(segs, "dict")
-    assert [s[0] for s in segs][-3:] == ["solo_error", "progress", "queues"]
-    assert layout.dim == 2 * 8 + 3 * 4 + 3 + 1 + 5 + 1 + 3
+    assert [s[0] for s in segs][-4:] == ["solo_error", "progress", "gates", "queues"]
+    assert layout.dim == 3 * 8 + 3 * 4 + 3 + 1 + 5 + 1 + 3
     n, m, nl = 8, 4, 3  # the index table of siftmoe_gym/envs/observations.py
     assert layout.slices["solo_error"] == slice(2 * n + 3 * m + nl + 1, 2 * n + 4 * m + nl + 2)
     assert layout.slices["progress"] == slice(2 * n + 4 * m + nl + 2, 2 * n + 4 * m + nl + 3)
+    assert layout.slices["gates"] == slice(2 * n + 4 * m + nl + 3, 3 * n + 4 * m + nl + 3)
     flat = np.arange(layout.dim, dtype=np.float32)
     d = as_dict(flat, layout.slices)
     assert layout.space.contains({k: np.clip(v, layout.space[k].low, layout.space[k].high) for k, v in d.items()})
     np.testing.assert_array_equal(np.concatenate(list(d.values())), flat)
+
+
+def test_gates_block_holds_each_top_k_experts_share():
+    """The gates block: applied gate over the token's gate sum at each top-k expert's index (a trace's scaled
+    gates, e.g. DeepSeek-V2's x16, land in [0, 1]); a repeated expert gets the sum of its slots."""
+    import gymnasium as gym
+
+    env = gym.make("siftmoe_gym/Decode-v0")
+    obs, _ = env.reset(seed=4)
+    u = env.unwrapped
+    g = obs[u.obs_slices["gates"]]
+    want = np.zeros(u.n_experts)
+    gates, topk = u._gates[0], u._topk[0]
+    for j in range(len(topk)):
+        want[topk[j]] += gates[j] / gates.sum()
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+    assert g.sum() == pytest.approx(1.0, rel=1e-6) and np.count_nonzero(g) == len(set(topk.tolist()))
+    from siftmoe_gym.envs.observations import static_features
+
+    layout = u.obs_layout
+    tab = u._features
+    row = static_features(layout, tab, np.full((1, 8), 0.1), np.array([[3, 3]]), np.array([0]), np.array([1.0]),
+                          np.array([[8.0, 8.0]]), np.zeros((1, 4)), None, None, np.array([1.0]), np.array([0.0]))
+    assert row[0, layout.slices["gates"]][3] == pytest.approx(1.0) and row[0, layout.slices["gates"]].sum() == pytest.approx(1.0)

@@ -96,13 +96,13 @@ class DecodeEnv(SiftMoEEnv):
     ## Observation Space
 
     ``obs_mode="flat"`` (default): ``Box(float32)`` of length
-    ``2N + 3M + L + 1 + (M+1) + 1`` (the ``solo_error`` block can be turned
+    ``3N + 3M + L + 1 + (M+1) + 1`` (the ``solo_error`` block can be turned
     off with ``solo_error_features=False``), laid out as below; ``"dict"``
     gives the same blocks as a ``Dict`` of ``Box`` es keyed by name.
 
     | Index (start, length)      | Name            | Bounds      | Meaning |
     |----------------------------|-----------------|-------------|---------|
-    | ``0``, N                   | router_probs    | [0, 1]      | router probabilities of the token at this layer |
+    | ``0``, N                   | router_probs    | [0, 1]      | router scores of the token at this layer (softmax probabilities; sigmoid scores for sigmoid routers) |
     | ``N``, N                   | topk_mask       | {0, 1}      | 1 for the top-k experts |
     | ``2N``, M                  | link_margin     | [-1, 1]     | ``10 log10(G_m / G_th) / 30`` clipped; ``G_th`` is the gain at which one hidden state needs exactly ``P_max`` within ``tau``; > 0 means feasible |
     | ``2N+M``, M                | node_cost       | [0, 10]     | ``c_m(1) / (E_topk + floor)`` clipped (fallback energy when infeasible) |
@@ -111,6 +111,7 @@ class DecodeEnv(SiftMoEEnv):
     | ``2N+3M+L``, 1             | norm            | [0, 4]      | hidden-state norm over the layer's typical norm |
     | ``2N+3M+L+1``, M+1         | solo_error      | [0, 8]      | error bound (in budget units) with node 0 alone, then with node 0 plus node ``m`` alone |
     | ``2N+4M+L+2``, 1           | progress        | [0, 1]      | share of the episode's steps already taken |
+    | ``2N+4M+L+3``, N           | gates           | [0, 1]      | each top-k expert's applied gate over the token's gate sum, at the expert's index (0 elsewhere) |
 
     The exact slices are in ``env.unwrapped.obs_slices``.
 
@@ -222,6 +223,9 @@ class DecodeEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): the observation adds the ``gates`` block (applied gates, which traces store
+      apart from the router scores); ``info`` adds the constraint costs (``cost``, ``cost_accuracy``,
+      ``cost_latency``).
     - v0 (unreleased revision): a latency violation also pays the accuracy penalty of the token's worst
       decision, so the reward ranks latency before accuracy at every budget (before, at very tight budgets,
       top-k's latency violations could score better than the optimum's accuracy violations).

@@ -7,7 +7,7 @@ the same blocks as a ``Dict`` of ``Box`` es keyed by name
 
 | Index (start, length) | Name          | Bounds             | Meaning |
 |-----------------------|---------------|--------------------|---------|
-| ``0``, N              | router_probs  | [0, 1]             | router probabilities of the token at this layer |
+| ``0``, N              | router_probs  | [0, 1]             | router scores of the token at this layer (softmax probabilities, or sigmoid scores for sigmoid routers) |
 | ``N``, N              | topk_mask     | {0, 1}             | 1 for the top-k experts |
 | ``2N``, M             | link_margin   | [-1, 1]            | ``10 log10(G_m / G_th) / MARGIN_SCALE_DB`` clipped (:func:`one_token_threshold_gain`) |
 | ``2N+M``, M           | node_cost     | [0, COST_CLIP]     | node cost over the setting's reward scale, clipped |
@@ -16,6 +16,7 @@ the same blocks as a ``Dict`` of ``Box`` es keyed by name
 | ``2N+3M+L``, 1        | norm          | [0, NORM_CLIP]     | hidden-state norm over the layer's typical norm |
 | ``2N+3M+L+1``, M+1    | solo_error    | [0, SOLO_CLIP]     | error bound (budget units) with node 0 alone, then node 0 plus node ``m`` alone (``solo_error_features``) |
 | ``2N+4M+L+2``, 1      | progress      | [0, 1]             | share of the episode's steps already taken |
+| ``2N+4M+L+3``, N      | gates         | [0, 1]             | the gates the model applies to its top-k experts (the error bound's weights), each over the token's gate sum, at the expert's index; 0 elsewhere |
 
 followed by the setting's own blocks (``SiftMoEEnv._extra_segments``:
 Prefill ``loads`` and ``block_position``, FastFading ``layer_queue`` and
@@ -68,6 +69,7 @@ def segments(n_experts: int, n_nodes: int, n_layers: int, solo_error: bool,
     if solo_error:
         seg.append(("solo_error", m + 1, 0.0, SOLO_CLIP))
     seg.append(("progress", 1, 0.0, 1.0))
+    seg.append(("gates", n, 0.0, 1.0))
     seg.extend(extra)
     return seg
 
@@ -187,6 +189,13 @@ def static_features(layout: ObservationLayout, tables: FeatureTables, probs, top
             solo = np.sum(gates[..., None, :] * best, axis=-1)
         obs[..., sl["solo_error"]] = np.clip(solo / tables.eps_div[layers][..., None], 0.0, SOLO_CLIP)
     obs[..., sl["progress"]] = progress[..., None]
+    # applied gates over their sum (traces scale them, e.g. DeepSeek's routed_scaling_factor), at each expert's index
+    share = gates / np.maximum(gates.sum(axis=-1, keepdims=True), 1e-30)
+    gb = np.zeros(lead + (tables.n_experts,), dtype=np.float64)
+    for j in range(topk.shape[-1]):  # slot by slot: a repeated expert gets the sum of its slots' shares
+        col = topk[..., j : j + 1]
+        np.put_along_axis(gb, col, np.take_along_axis(gb, col, axis=-1) + share[..., j : j + 1], axis=-1)
+    obs[..., sl["gates"]] = np.clip(gb, 0.0, 1.0)
     return obs
 
 
