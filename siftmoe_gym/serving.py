@@ -241,9 +241,9 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
     levels = np.full((k + 1, ns + 2), np.inf)
     levels[0, ns] = 0.0
     vals = [None]
-    best_state = [ns] * (k + 1)
+    tots = [None]  # per level, the least error of each state plus its skipped slots (argmin: the best state)
     prev = levels[0]
-    tot = np.empty(ns)
+    thr = cap * (1.0 + REL_TOL) + ABS_TOL  # e <= thr: within_budget(e, cap)
     for c in range(1, k + 1):
         if alpha * c + beta * floor > best_obj + abs(best_obj) * REL_TOL + ABS_TOL:
             break
@@ -253,19 +253,18 @@ def _slot_dp(gd: np.ndarray, gsig: np.ndarray, servers: np.ndarray, alpha: float
         np.minimum.reduceat(v, seg_starts, out=cur[:ns])
         vals.append(v)
         prev = cur
-        np.add(cur[:ns], comp_s, out=tot)
-        m = int(tot.argmin())
-        e = float(tot[m])
+        tot = cur[:ns] + comp_s
+        e = float(tot.min())
         if e == np.inf:
             break
-        best_state[c] = m
+        tots.append(tot)
         minerr[c] = e
-        if _within(e, cap):
+        if e <= thr:
             best_obj = min(best_obj, alpha * c + beta * e)
 
     def rebuild(c: int) -> np.ndarray:
         assign = np.full(k, -1, dtype=np.int64)
-        i = best_state[c]
+        i = int(tots[c].argmin()) if c else ns
         ends = seg_starts.tolist() + [npairs]
         while c > 0:
             lo = ends[i]
