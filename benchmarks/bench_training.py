@@ -118,7 +118,8 @@ def to_markdown(runs, meta) -> str:
         "| setting | algorithm | seeds | steps | final regret % (95% CI) | excess viol. % (95% CI) | score | feasible runs | target (regret, excess <= 1%) | wall per run (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (env_id, algo), group in sorted(groups(runs).items()):
+    order = list(TARGETS)
+    for (env_id, algo), group in sorted(groups(runs).items(), key=lambda kv: (order.index(setting_of(kv[0][0])), kv[0])):
         a = aggregate(group)
         tgt = TARGETS[setting_of(env_id)]
         met = a["final_regret"][0] <= tgt and a["final_excess"][0] <= EXCESS_MAX and a["feasible"] == len(group)
@@ -141,28 +142,32 @@ def plot(runs, path: Path) -> None:
     from matplotlib.ticker import FuncFormatter
 
     g = groups(runs)
-    envs = sorted({e for e, _ in g}, key=lambda e: list(TARGETS).index(setting_of(e)))
-    algos = sorted({a for _, a in g})
-    fig, axes = plt.subplots(2, len(envs), figsize=(4.6 * len(envs), 6.4), squeeze=False)
-    colors = dict(zip(algos, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    settings = [k for k in TARGETS if any(setting_of(e) == k for e, _ in g)]  # one column per setting
+    lines = sorted(g, key=lambda ea: (ea[1], ea[0]))
+    labels = {ea: ea[1] if ea[0].endswith(f"{setting_of(ea[0])}-v0") else f"{ea[1]} ({ea[0].split('/')[-1]})"
+              for ea in lines}
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.6 * len(settings), 6.4), squeeze=False)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(sorted(set(labels.values())))}
     steps_fmt = FuncFormatter(lambda x, _: f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
-    for j, env_id in enumerate(envs):
-        for algo in algos:
-            if (env_id, algo) not in g:
+    for j, setting in enumerate(settings):
+        for ea in lines:
+            if setting_of(ea[0]) != setting:
                 continue
-            a = aggregate(g[(env_id, algo)])
+            a = aggregate(g[ea])
             x = [p["timesteps"] for p in a["points"]]
+            lab = labels[ea]
             for row, key in ((0, "regret"), (1, "excess")):
                 m = [100 * p[key][0] for p in a["points"]]
                 lo = [100 * p[key][1] for p in a["points"]]
                 hi = [100 * p[key][2] for p in a["points"]]
                 ax = axes[row][j]
-                ax.plot(x, m, color=colors[algo], label=f"{algo} ({len(g[(env_id, algo)])} seeds)")
-                ax.fill_between(x, lo, hi, color=colors[algo], alpha=0.2)
-        tgt = TARGETS[setting_of(env_id)]
+                ax.plot(x, m, color=colors[lab], label=f"{lab} ({len(g[ea])} seed{'s' if len(g[ea]) > 1 else ''})")
+                ax.fill_between(x, lo, hi, color=colors[lab], alpha=0.2)
+        tgt = TARGETS[setting]
         axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%")
         axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%")
-        axes[0][j].set_title(env_id.split("/")[-1])
+        axes[0][j].set_title(f"{setting}-v0")
         axes[0][j].set_ylabel("regret vs optimum (%)")
         axes[1][j].set_ylabel("excess violations (% of steps)")
         axes[1][j].set_xlabel("environment steps")
