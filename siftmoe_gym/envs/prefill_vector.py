@@ -185,7 +185,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
             active = env._subset_nodes[payload] if env._subset_nodes is not None else node_sets(payload, env.n_nodes)
             static = self._serving_static() if tab.enabled else None
             if static is not None:  # the same choices as pick_allowed_rows (objective e_c |C|)
-                idx = static[0][self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)[0]]
+                idx = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)[0]
                 servers = tab.servers[idx]
                 computed = np.take(tab.computed, idx, axis=0)
                 used = tab.nodes[layer][idx]

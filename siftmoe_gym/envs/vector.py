@@ -55,8 +55,10 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .observations import budget_features
 from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
+from .vector_kernels import decode_nodes_int8, least_feasible_terms, serve_nodes, serving_static, slot_sum
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
+_UNUSED = frozenset(("probs", "norms", "topk_used", "topk_count", "margin"))  # episode tables the steps never read
 
 
 class SiftMoEVectorEnv(VectorEnv):
@@ -150,11 +152,11 @@ class SiftMoEVectorEnv(VectorEnv):
                 infos = self._add_info(infos, {"layer": c.layer, "token": c.token}, i)
             return self._format(np.stack(obs)), infos
         tabs = self._episode_tables_chunked()
-        self._topk_e, self._e_ref = tabs["topk_e"], tabs["topk_e"] + env.floor
-        self._topk, self._gates, self._probs, self._norms = tabs["topk"], tabs["gates"], tabs["probs"], tabs["norms"]
+        self._topk_e = tabs["topk_e"]
+        self._topk, self._gates = tabs["topk"], tabs["gates"]
         self._topk_t = np.ascontiguousarray(self._topk.transpose(1, 2, 0))  # (S, k, n): step-major, copy-minor
         self._gates_t = np.ascontiguousarray(self._gates.transpose(1, 2, 0))
-        self._margin, self._obs_table = tabs["margin"], tabs["obs_table"]
+        self._obs_t = tabs["obs_table"]  # (S, n, D): step-major, so that a step's rows are contiguous
         self._cost, self._feas, self._viol = tabs["cost"], tabs["feas"], tabs["viol"]
         self._mask_e, self._mask_lat = tabs.get("mask_e"), tabs.get("mask_lat")  # decode: (B, 2^M)
         self._layers = tabs["layers"]
@@ -165,8 +167,14 @@ class SiftMoEVectorEnv(VectorEnv):
             self._queue = np.zeros((n, env.n_layers))
             self._ratio_sum = np.zeros((n, env.n_layers))
         self._ar = np.arange(n)
+        self._flat_m = self._ar * (1 << env.n_nodes) if self._mask_e is not None else None
+        nl, ne = env.n_layers, env.n_experts
+        self._least_base = [self._ar * (nl * ne) + lay * ne for lay in range(nl)]  # flat rows of _least_free
         self._sums = np.zeros((4, n))  # energy, top-k energy, violations, latency violations
         ones = self._mask()
+        # Decode: each expert's least error term over the latency-feasible servers (the avoidable test)
+        self._least_free = least_feasible_terms(env.system.delta_ext, env._node_ext, self._feas) \
+            if self.setting == "decode" else None
         self._node_onehot = np.zeros((env.n_layers, env.n_experts, env.n_nodes + 1))
         for lay in range(env.n_layers):
             self._node_onehot[lay, np.arange(env.n_experts), env.system.node_of[lay]] = 1.0
@@ -191,6 +199,13 @@ class SiftMoEVectorEnv(VectorEnv):
             for key, val in part.items():
                 if key in ("layers", "tok"):
                     out[key] = val
+                    continue
+                if key in _UNUSED:
+                    continue
+                if key == "obs_table":  # step-major (S, n, D)
+                    if key not in out:
+                        out[key] = np.empty((val.shape[1], n) + val.shape[2:], dtype=val.dtype)
+                    out[key][:, b[0]:b[1]] = val.transpose(1, 0, 2)
                     continue
                 if key not in out:
                     out[key] = np.empty((n,) + val.shape[1:], dtype=val.dtype)
@@ -217,7 +232,7 @@ class SiftMoEVectorEnv(VectorEnv):
 
     def _observation(self) -> np.ndarray:
         s = min(self._s, self._n_steps - 1)
-        obs = self._obs_table[:, s].copy()  # built at reset by the single environment's code, row by row
+        obs = self._obs_t[s].copy()  # built at reset by the single environment's code, row by row
         if self.setting == "fastfading":
             env = self.env
             budget_features(obs, env.obs_slices, self._queue, self._ratio_sum, int(self._layers[s]),
@@ -232,11 +247,16 @@ class SiftMoEVectorEnv(VectorEnv):
     def _decode_actions(self, actions):
         """The single environment's action codec over the stacked actions (:mod:`siftmoe_gym.envs.actions`):
         the whole batch is checked (``ValueError``) before anything is served."""
+        codec = self.env.action_codec
+        if codec.mode == "nodes":
+            masks = decode_nodes_int8(actions, self.num_envs, codec.n_nodes, codec.pow2)
+            if masks is not None:
+                return "nodes", masks
         try:
             arr = np.asarray(actions)
         except (ValueError, TypeError) as exc:  # ragged or otherwise not an array
             raise self._bad(actions, f"not an array ({exc})") from None
-        return self.env.action_codec.decode_batch(arr, self.num_envs, self._bad)
+        return codec.decode_batch(arr, self.num_envs, self._bad)
 
     # ------------------------------------------------------------------ step
     def _serving_static(self):
@@ -244,60 +264,14 @@ class SiftMoEVectorEnv(VectorEnv):
         env = self.env
         key = getattr(self, "_static_key", None)
         if key is None or key[0] is not env.system or key[1] is not env.table:
-            levels = env._count_levels
-            st = None
-            if env.table.enabled and levels is not None and env._subset_nodes is not None:
-                perm = np.concatenate(levels)  # combos by count level, ascending index within a level
-                bounds = np.cumsum([0] + [len(c) for c in levels])
-                node_ext = np.concatenate([env.system.node_of, np.zeros((env.n_layers, 1), np.int64)], axis=1)
-                srv_ok = env._subset_nodes[:, node_ext].transpose(1, 2, 0)  # (L, N+1, 2^M)
-                off = np.where(srv_ok, 0.0, np.inf)  # added to error terms: inf for servers a node set excludes
-                srv_s = [np.ascontiguousarray(env.table.servers[perm, j]) for j in range(env.top_k)]
-                d_t = np.ascontiguousarray(env.system.delta_ext.transpose(0, 2, 1))  # (L, N+1, N)
-                c = len(perm)
-                rank = (c - np.arange(c)).astype(np.uint8 if c < 256 else np.uint16 if c < 65536 else np.uint32)[:, None]
-                st = (perm, list(zip(bounds[:-1].tolist(), bounds[1:].tolist())), env._ec_count[perm], off, d_t, rank, srv_s)
-            self._static, self._static_key = st, (env.system, env.table)
+            self._static, self._static_key = serving_static(env), (env.system, env.table)
         return self._static
 
     def _serve_nodes(self, static, layer, payload, topk, gates, cap):
-        """Batched :func:`~siftmoe_gym.serving.pick_allowed_rows` for node-set actions in decode (objective
-        ``e_c |C|``): the same choices.
-
-        Works copy-minor: ``err_s`` (C, n) holds every combo's error bound (the
-        same sums as :func:`~siftmoe_gym.serving_table.err_table`), ``inf`` where a server sits off node 0
-        and the activated nodes, rows sorted by count level (ascending combo
-        index within a level).  Adjacent distinct-count levels never tie, so the
-        choice is lexicographic: the lowest level whose least error is in
-        budget, its least-error combo (first index among exact ties).  Copies
-        with nothing in budget take the least error, ties within tolerance
-        broken by fewest computed experts, then first index: in the sorted
-        order (compute energy nondecreasing) simply the first such combo.
-        Returns ``(positions in the sorted order, err_s)``.
-        """
-        perm, bounds, ec_s, off, d_t, rank, srv_s = static
-        n = len(payload)
-        g = np.take(d_t[layer], topk, axis=1)  # (N+1, k, n): Delta_ext[topk slot, server]
-        g *= gates
-        g += np.take(off[layer], payload, axis=1)[:, None, :]  # + inf off node 0 and the activated nodes
-        buf = self._buf
-        if buf is None or buf[0].shape != (len(perm), n):
-            buf = self._buf = (np.empty((len(perm), n)), np.empty((len(perm), n)))
-        err_s, tmp = buf
-        np.take(g[:, 0], srv_s[0], axis=0, out=err_s)
-        for j in range(1, g.shape[1]):  # slot by slot, as err_table adds them
-            err_s += np.take(g[:, j], srv_s[j], axis=0, out=tmp)
-        thr = cap * (1.0 + REL_TOL) + ABS_TOL
-        mins = [err_s[a:b].min(axis=0) for a, b in bounds]
-        best = np.minimum.reduce(mins)
-        # the lowest level whose least error is in budget: the first combo reaching that least error
-        # (no earlier level reaches it); none: the first combo within tolerance of the least error
-        key = best * (1.0 + REL_TOL) + ABS_TOL
-        for m in reversed(mins):
-            key = np.where(m <= thr, m, key)
-        cond = np.less_equal(err_s, key).view(np.uint8)
-        # first True per column: the largest of (C - row) over the True rows
-        return len(perm) - (cond * rank).max(axis=0).astype(np.int64), err_s
+        """:func:`~siftmoe_gym.envs.vector_kernels.serve_nodes` (its scratch arrays kept on the env)."""
+        if self._buf is None:
+            self._buf = {}
+        return serve_nodes(static, layer, payload, topk, gates, cap, self._buf)
 
     def step(self, actions):
         if not self._started:
@@ -343,19 +317,16 @@ class SiftMoEVectorEnv(VectorEnv):
         if static is not None:
             # paid activation: every node of the action is paid and its latency counts; the slots are served
             # by the compute energy e_c |C|: error bounds with inf for servers off the activated nodes
-            perm, ec_s = static[0], static[2]
-            pos, err_s = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)
-            idx = perm[pos]
-            energy = self._mask_e[ar, payload] + ec_s[pos]
-            lat = self._mask_lat[ar, payload]
-            active = env._subset_nodes[payload]
-            servers = tab.servers[idx]
-            used = tab.nodes[layer][idx]
-            if env.top_k <= 2:
-                err = err_s[pos, ar]
-            else:  # the single environment's sum over the slots
+            idx, err = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)
+            flat = self._flat_m + payload  # (copy, node set) in the (n, 2^M) tables
+            energy = np.take(self._mask_e, flat) + np.take(env._ec_count, idx)
+            lat = np.take(self._mask_lat, flat)
+            active = np.take(env._subset_nodes, payload, axis=0)
+            used = np.take(tab.nodes[layer], idx, axis=0)
+            if err is None:  # the single environment's sum over the slots
+                servers = np.take(tab.servers, idx, axis=0)
                 err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
-            assignment = tab.assign[idx]
+            assignment = np.take(tab.assign, idx, axis=0)
             computed = np.take(tab.computed, idx, axis=0)
         elif kind == "nodes":
             # paid activation: every node of the action is paid and its latency counts; the slots are
@@ -407,7 +378,7 @@ class SiftMoEVectorEnv(VectorEnv):
             active = used
             lat = np.where(used, viol, 0.0).max(axis=1)
         pen = env.env_config["penalty"]
-        worst = (gates * env._worst_row[layer][self._topk[:, s]]).sum(axis=1)
+        worst = slot_sum(env._worst_row[layer], self._topk_t[s], self._gates_t[s], gates, self._topk[:, s])
         r_e, r_a, r_l, over = reward_terms_batch(energy, e_topk, err, cap, eps_d, lat, env.floor, pen,
                                                  env.env_config["penalty_latency"], env._tau, worst)
         reward = r_e + r_a + r_l
@@ -444,7 +415,9 @@ class SiftMoEVectorEnv(VectorEnv):
             info.update(constraint_costs(self._avoidable(over, s, layer, cap), lat, excess))
             reward = reward + r_avg
         else:
-            info.update(constraint_costs(self._avoidable(violation, s, layer, eps), lat))
+            least = slot_sum(self._least_free.reshape(-1), self._topk_t[s], self._gates_t[s], gates, self._topk[:, s],
+                             self._least_base[layer])
+            info.update(constraint_costs(violation & within_budget(least, eps), lat))
         ones = self._mask()
         e, et, nv, nl = self._sums  # the episode's metrics so far (the whole episode's on its last step)
         if terminated:

@@ -1,0 +1,59 @@
+"""The native vector envs' per-step kernels (siftmoe_gym.envs.vector_kernels) against the enumeration they
+replace, on random terms with many exact ties and disallowed servers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from siftmoe_gym.bounds import ABS_TOL, REL_TOL
+from siftmoe_gym.envs.actions import NodesCodec
+from siftmoe_gym.envs.vector_kernels import decode_nodes_int8, serve_nodes_k2
+from siftmoe_gym.serving_table import combos
+
+
+def _enumerated(g, cap):
+    """Every assignment scored, then the first in (count level, index) order within the key."""
+    nn = g.shape[0] - 1
+    grids, count = combos(nn, 2)
+    err = g[grids[:, 0], 0] + g[grids[:, 1], 1]  # (C, n)
+    levels = [np.flatnonzero(count == c) for c in np.unique(count)]
+    perm = np.concatenate(levels)
+    es = err[perm]
+    cuts = np.cumsum([0] + [len(c) for c in levels])
+    mins = [es[a:b].min(axis=0) for a, b in zip(cuts[:-1], cuts[1:])]
+    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    key = np.minimum.reduce(mins) * (1.0 + REL_TOL) + ABS_TOL
+    for m in reversed(mins):
+        key = np.where(m <= thr, m, key)
+    pos = (es <= key).argmax(axis=0)
+    return perm[pos], es[pos, np.arange(g.shape[2])]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_serve_nodes_k2_matches_the_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        nn = int(rng.integers(2, 10))
+        shape = (nn + 1, 2, 32)
+        g = rng.integers(0, 4, size=shape).astype(float) if trial % 2 else rng.random(shape)
+        g[:nn][rng.random((nn, 2, 32)) < rng.random()] = np.inf  # servers off the activated nodes
+        cap = float(rng.choice([0.0, 0.5, 1.0, 2.0, 3.0]))
+        idx, err, s0, s1 = serve_nodes_k2(g, cap)
+        ref_idx, ref_err = _enumerated(g, cap)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(err, ref_err)
+        np.testing.assert_array_equal(s0 * (nn + 1) + s1, idx)
+
+
+def test_decode_nodes_int8_matches_the_codec_and_leaves_bad_batches_to_it():
+    codec = NodesCodec(8, 2, 4)
+    acts = np.random.default_rng(0).integers(0, 2, size=(50, 4)).astype(np.int8)
+    fast = decode_nodes_int8(acts, 50, 4, codec.pow2)
+    np.testing.assert_array_equal(fast, codec.decode_batch(acts, 50, lambda a, w: ValueError(w))[1])
+    assert fast.dtype == np.int64
+    bad = acts.copy()
+    bad[3, 1] = -1
+    assert decode_nodes_int8(bad, 50, 4, codec.pow2) is None
+    assert decode_nodes_int8(acts[:, :3], 50, 4, codec.pow2) is None
+    assert decode_nodes_int8(acts.astype(np.int64), 50, 4, codec.pow2) is None
