@@ -57,3 +57,25 @@ def test_decode_nodes_int8_matches_the_codec_and_leaves_bad_batches_to_it():
     assert decode_nodes_int8(bad, 50, 4, codec.pow2) is None
     assert decode_nodes_int8(acts[:, :3], 50, 4, codec.pow2) is None
     assert decode_nodes_int8(acts.astype(np.int64), 50, 4, codec.pow2) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_serve_least_error_k2_matches_pick_allowed_rows(seed):
+    from siftmoe_gym.envs.vector_kernels import serve_least_error_k2
+    from siftmoe_gym.serving import pick_allowed_rows
+
+    rng = np.random.default_rng(seed)
+    for trial in range(300):
+        nn, n = int(rng.integers(2, 10)), 32
+        shape = (nn + 1, 2, n)
+        g = rng.integers(0, 4, size=shape).astype(float) if trial % 2 else rng.random(shape)
+        g[:nn][rng.random((nn, 2, n)) < rng.random()] = np.inf
+        cap = float(rng.choice([0.0, 0.5, 1.0, 2.0, 3.0]))
+        grids, count = combos(nn, 2)
+        err = (g[grids[:, 0], 0] + g[grids[:, 1], 1]).T  # (n, C), inf where not allowed
+        allow = np.isfinite(err)
+        ec = np.broadcast_to(0.25 * count, err.shape)
+        ref = pick_allowed_rows(allow, np.where(allow, err, 0.0), ec, np.where(allow, err, 0.0), np.full(n, cap))[0]
+        idx, e = serve_least_error_k2(g, cap)
+        np.testing.assert_array_equal(idx, ref)
+        np.testing.assert_array_equal(e, err[np.arange(n), ref])

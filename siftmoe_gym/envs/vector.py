@@ -55,7 +55,8 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .observations import budget_features
 from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
-from .vector_kernels import decode_nodes_int8, least_feasible_terms, serve_nodes, serving_static, slot_sum
+from .vector_kernels import (decode_nodes_int8, least_feasible_terms, node_terms, serve_least_error_k2, serve_nodes,
+                             serving_static, slot_sum)
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 _UNUSED = frozenset(("probs", "norms", "topk_used", "topk_count", "margin"))  # episode tables the steps never read
@@ -312,9 +313,18 @@ class SiftMoEVectorEnv(VectorEnv):
             cap = eps
         gates = self._gates[:, s]
         ar = self._ar
-        static = self._serving_static() if kind == "nodes" and not ff else None
+        least_error = ff and env.top_k == 2 and env.env_config["serving_rule"] == "least_error"
+        static = self._serving_static() if kind == "nodes" and (not ff or least_error) else None
         dk = env.system.delta_ext[layer][self._topk[:, s]] if static is None or env.top_k > 2 else None  # (n, k, N+1)
-        if static is not None:
+        if static is not None and ff:  # the least error over the activated nodes (kernel: the same choices)
+            idx, err = serve_least_error_k2(node_terms(static, layer, payload, self._topk_t[s], self._gates_t[s]), cap)
+            active = np.take(env._subset_nodes, payload, axis=0)
+            energy = np.where(active, cost, 0.0).sum(axis=1) + np.take(env._ec_count, idx)
+            lat = np.where(active, viol, 0.0).max(axis=1)
+            used = np.take(tab.nodes[layer], idx, axis=0)
+            assignment = np.take(tab.assign, idx, axis=0)
+            computed = np.take(tab.computed, idx, axis=0)
+        elif static is not None:
             # paid activation: every node of the action is paid and its latency counts; the slots are served
             # by the compute energy e_c |C|: error bounds with inf for servers off the activated nodes
             idx, err = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)

@@ -117,9 +117,7 @@ def serve_nodes(static, layer, payload, topk, gates, cap, buf: dict):
     """
     perm, bounds, ec_s, off, d_t, rank, srv_s = static
     n = len(payload)
-    g = np.take(d_t[layer], topk, axis=1)  # (N+1, k, n): Delta_ext[topk slot, server]
-    g *= gates
-    g += np.take(off[layer], payload, axis=1)[:, None, :]  # + inf off node 0 and the activated nodes
+    g = node_terms(static, layer, payload, topk, gates)
     if g.shape[1] == 2:
         return serve_nodes_k2(g, cap)[:2]
     if buf.get("shape") != (len(perm), n):
@@ -161,3 +159,37 @@ def least_feasible_terms(delta_ext: np.ndarray, node_ext: np.ndarray, feas: np.n
     :func:`~siftmoe_gym.envs.rewards.avoidable_rows`, for a whole episode of fixed links."""
     allowed = feas[:, node_ext]  # (n, L, N+1)
     return np.where(allowed[:, :, None, :], delta_ext[None], np.inf).min(axis=3)
+
+
+def node_terms(static, layer, payload, topk, gates) -> np.ndarray:
+    """(N+1, k, n): each server's gate-weighted error term per slot (``Delta_ext[topk slot, server] * gate``,
+    the factors of :func:`~siftmoe_gym.serving_table.err_table`), ``inf`` for servers off node 0 and the
+    node set ``payload`` activates (``static``: :func:`serving_static`; ``topk``, ``gates`` (k, n))."""
+    off, d_t = static[3], static[4]
+    g = np.take(d_t[layer], topk, axis=1)
+    g *= gates
+    g += np.take(off[layer], payload, axis=1)[:, None, :]
+    return g
+
+
+def serve_least_error_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray]:
+    """FastFading's ``serving_rule="least_error"`` for top-2 routing (:func:`~siftmoe_gym.serving.pick_allowed_rows`
+    with the error as objective and ``e_c |C|`` as energy, count levels distinct): the same choices from
+    ``g`` (:func:`node_terms`).  Returns ``(combo index, error bound)`` (n,) each.
+
+    The least error is ``min g[:, 0] + min g[:, 1]`` (rounding is monotone).  Within the cap the choice is
+    the first assignment (index order) reaching it: the first row ``s0`` whose ``g[s0, 0] + min g[:, 1]``
+    does, then that row's first column.  Over the cap, the least compute energy among the assignments
+    within the least error's tolerance, first index: :func:`serve_nodes_k2` with no level in budget.
+    """
+    n1, _, n = g.shape
+    a0, a1 = g[:, 0], g[:, 1]
+    p1 = a1.min(axis=0)
+    emin = a0.min(axis=0) + p1
+    ar = np.arange(n)
+    s0 = (a0 + p1 <= emin).argmax(axis=0)
+    s1 = (a0[s0, ar] + a1 <= emin).argmax(axis=0)
+    out = np.flatnonzero(emin > cap * (1.0 + REL_TOL) + ABS_TOL)
+    if len(out):
+        _, _, s0[out], s1[out] = serve_nodes_k2(np.ascontiguousarray(g[:, :, out]), -np.inf)
+    return s0 * n1 + s1, g[s0, 0, ar] + g[s1, 1, ar]
