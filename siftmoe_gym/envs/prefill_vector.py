@@ -38,6 +38,7 @@ from .observations import COST_CLIP
 from .prefill import PrefillEnv
 from .rewards import avoidable_rows, constraint_costs, reward_terms_batch
 from .vector import SiftMoEVectorEnv
+from .vector_kernels import slot_sum
 
 
 def _draw_blocks(system, rngs, t: int) -> dict[str, Any]:
@@ -141,6 +142,9 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         self._obs_table = obs
         self._ar, self._arm = np.arange(n), ar
         self._rows = np.arange(n)[:, None]
+        self._cost_tab, self._feas_tab, self._viol_tab = (np.ascontiguousarray(x) for x in
+                                                          (self._cost_tab, self._feas_tab, self._viol_tab))
+        self._tab_base = (self._rows * m1 + ar) * (t + 1)
         self._start_layer()
         self._costs = self._step_costs()
         self._sums = np.zeros((4, n))  # energy, top-k reference, violations, latency violations
@@ -156,11 +160,12 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
 
     def _step_costs(self):
         """Every copy's marginal ``(cost, feas, viol)`` (n, M+1) at its loads (``PrefillEnv._step_costs``)."""
-        loads, rows, ar = self._loads, self._rows, self._arm
+        loads, base = self._loads, self._tab_base  # flat positions in the (n, M+1, T+1) tables
         nxt = np.minimum(loads + 1, self._T)
-        cost = self._cost_tab[rows, ar, nxt] - self._cost_tab[rows, ar, loads]
-        feas = self._feas_tab[rows, ar, nxt]
-        viol = np.maximum(self._viol_tab[rows, ar, nxt] - self._block_viol[:, None], 0.0)
+        nxt += base
+        cost = np.take(self._cost_tab, nxt) - np.take(self._cost_tab, loads + base)
+        feas = np.take(self._feas_tab, nxt)
+        viol = np.maximum(np.take(self._viol_tab, nxt) - self._block_viol[:, None], 0.0)
         return cost, feas, viol
 
     def _observation(self) -> np.ndarray:
@@ -181,11 +186,12 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         env = self.env
         n, nn, tab = self.num_envs, env.n_experts, env.table
         gates, dk = self._gates[:, s], self._dk[:, s]  # (n, k), (n, k, N+1)
+        err = None  # (the k <= 2 serving kernels give it: the same sums)
         if kind == "nodes":
             active = env._subset_nodes[payload] if env._subset_nodes is not None else node_sets(payload, env.n_nodes)
             static = self._serving_static() if tab.enabled else None
             if static is not None:  # the same choices as pick_allowed_rows (objective e_c |C|)
-                idx = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)[0]
+                idx, err = self._serve_nodes(static, layer, payload, self._topk_t[s], self._gates_t[s], cap)
                 servers = tab.servers[idx]
                 computed = np.take(tab.computed, idx, axis=0)
                 used = tab.nodes[layer][idx]
@@ -226,7 +232,8 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
             active = used
             count = computed.sum(axis=1)
         energy = np.where(active, cost, 0.0).sum(axis=1) + env.compute_cost * count
-        err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
+        if err is None:
+            err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
         lat = np.where(active, viol, 0.0).max(axis=1)
         assignment = np.where(servers >= nn, -1, servers)
         return assignment, computed, energy, err, lat, used, active
@@ -251,7 +258,7 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         e_bar = self._e_bar[:, layer]
         cfg = env.env_config
         gates, topk = self._gates[:, s], self._topk[:, s]
-        worst = (gates * env._worst_row[layer][topk]).sum(axis=1)
+        worst = slot_sum(env._worst_row[layer], self._topk_t[s], self._gates_t[s], gates, topk)
         r_e, r_a, r_l, violation = reward_terms_batch(energy, e_bar, err, eps, eps_d, lat, env.floor, cfg["penalty"],
                                                       cfg["penalty_latency"], env._tau, worst)
         reward = r_e + r_a + r_l
