@@ -22,12 +22,14 @@ Episodes have a fixed length, so every copy is always at the same step;
 Decode and FastFading are stepped fully batched (exact enumeration table),
 systems too large for the table step the copies one after the other inside
 the same API, and Prefill has its own batched class
-(:mod:`siftmoe_gym.envs.prefill_vector`).  Decode's node-set actions are served copy-minor
-(arrays (combos, copies), combos sorted by computed-expert count), so the
-choice of every copy is a few reductions along contiguous rows
-(:meth:`SiftMoEVectorEnv._serve_nodes`); 1,024 default Decode copies step at
-well over a million environment steps per second on two cores, autoresets
-included (``benchmarks/bench_envs.py``).
+(:mod:`siftmoe_gym.envs.prefill_vector`).  Node-set actions are served copy-minor:
+for top-2 routing from the slots' ``N+1`` error terms without enumerating the
+assignments (:mod:`siftmoe_gym.envs.vector_kernels`: Decode's and Prefill's
+``e_c |C|`` rule, FastFading's least-error rule), otherwise over arrays (combos,
+copies) with combos sorted by computed-expert count, so the choice of every copy
+is a few reductions along contiguous rows (:meth:`SiftMoEVectorEnv._serve_nodes`);
+the same choices either way.  Measured rates: ``benchmarks/bench_scale.py`` and
+``docs/scaling.md``.
 """
 
 from __future__ import annotations
