@@ -54,6 +54,9 @@ ALGOS: dict[str, AlgoSpec] = {
                          "RecurrentPPO (sb3-contrib, LSTM policy), meant for fast fading", recurrent=True),
 }
 
+MAX_ENVS = 4096
+"""Most environment copies a run may ask for (the native vector env steps thousands; more only exhausts memory)."""
+
 ALIASES = {
     "maskable_ppo": "ppo_mask", "maskableppo": "ppo_mask", "maskable-ppo": "ppo_mask", "mppo": "ppo_mask",
     "ppo_lagrangian": "ppo_lag", "ppo-lag": "ppo_lag", "ppolag": "ppo_lag",

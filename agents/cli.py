@@ -18,14 +18,12 @@ import argparse
 import sys
 from typing import Sequence
 
-from .algos import ALGOS, ALIASES
+from .algos import ALGOS, ALIASES, MAX_ENVS
 from .cliutil import OneLineParser as _Parser
 from .cliutil import UsageError as _UsageExit
 from .cliutil import at_least, run_main
 
 PROG = "train.py"
-MAX_ENVS = 4096
-"""Most environment copies a run may ask for (the native vector env steps thousands; more only exhausts memory)."""
 
 
 def _key_values(items: Sequence[str] | None, option: str) -> dict:

@@ -205,7 +205,7 @@ RANGES = {  # key: (low, high, low inclusive): the values SB3 can train with
     "exploration_final_eps": (0.0, 1.0, True), "target_update_interval": (1, 1 << 30, True),
     "learning_starts": (0, 1 << 30, True), "gradient_steps": (-1, 1 << 20, True),
     "cost_limit": (0.0, 1e6, True), "lagrangian_lr": (0.0, 1e6, False), "lagrangian_init": (0.0, 1e6, True),
-    "lagrangian_max": (0.0, 1e6, True),
+    "lagrangian_max": (0.0, 1e6, False),
 }
 INTEGER_KEYS = {"n_steps", "batch_size", "n_epochs", "buffer_size", "target_update_interval", "learning_starts",
                 "gradient_steps"}

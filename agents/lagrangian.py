@@ -90,6 +90,8 @@ class PPOLagrangian(PPO):
                 raise ValueError(f"{name} must be a finite number >= {lo}, got {val!r}")
         if lagrangian_lr == 0.0:
             raise ValueError("lagrangian_lr must be > 0 (0 would be plain PPO with a fixed penalty)")
+        if lagrangian_max == 0.0:
+            raise ValueError("lagrangian_max must be > 0 (0 pins the multiplier at 0: plain PPO)")
         if lagrangian_max < lagrangian_init:
             raise ValueError(f"lagrangian_max ({lagrangian_max}) must be >= lagrangian_init ({lagrangian_init})")
         self.cost_limit = float(cost_limit)
@@ -107,6 +109,15 @@ class PPOLagrangian(PPO):
 
     def set_env(self, env, force_reset: bool = True) -> None:
         super().set_env(self._cost_wrap(env), force_reset=force_reset)
+        self._sync_multiplier()
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._sync_multiplier()  # load() restores lagrange_multiplier after wrapping the env with the initial one
+
+    def _sync_multiplier(self) -> None:
+        if isinstance(self.env, CostPenaltyVecEnv):
+            self.env.multiplier = self.lagrange_multiplier
 
     def train(self) -> None:
         """One dual ascent step on the rollout just collected, then PPO's update."""

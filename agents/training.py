@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 import gymnasium as gym
 
-from .algos import AgentConfigError, AlgoSpec, canonical_algo, check_compatible, get_algo
+from .algos import MAX_ENVS, AgentConfigError, AlgoSpec, canonical_algo, check_compatible, get_algo
 from .callbacks import (
     AtomicCheckpointCallback, ComparisonEvalCallback, ProgressBarCallback, planned_evaluations, reached_steps,
     rollout_steps, tensorboard_logger,
@@ -181,7 +181,12 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
         _same_as_saved(saved, n_envs, env_kwargs, conf_file)
         raw = saved["hyperparams"]
         if hyperparams:
-            raw = {**raw, **(hyperparams if isinstance(hyperparams, dict) else parse_overrides(hyperparams))}
+            extra = hyperparams if isinstance(hyperparams, dict) else parse_overrides(hyperparams)
+            fixed = sorted(k for k in extra if k not in RESUMABLE and extra[k] != raw.get(k))
+            if fixed:
+                raise AgentConfigError(f"--resume: --hyperparams {', '.join(fixed)} cannot change on resume (the "
+                                       f"checkpoint fixes them); these can: {', '.join(RESUMABLE)}")
+            raw = {**raw, **extra}
         env_kwargs = saved.get("env_kwargs") or {}
         eval_seed_list = saved["eval_seeds"]
         seed = saved["seed"]
@@ -195,6 +200,13 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
 
     trainer_opts, algo_kwargs = split_hyperparams(algo, raw)
     env_kwargs = {**(trainer_opts.get("env_kwargs") or {}), **(env_kwargs or {})}
+    for key in ("n_envs", "n_timesteps"):  # YAML or --hyperparams values: whole numbers >= 1, or a one-line error
+        val = trainer_opts.get(key)
+        whole = isinstance(val, int) or (isinstance(val, float) and val.is_integer())  # rl-zoo3 files write !!float 1e6
+        if val is not None and (isinstance(val, bool) or not whole or val < 1):
+            raise AgentConfigError(f"hyperparameter {key}={val!r} must be an integer >= 1")
+    if (trainer_opts.get("n_envs") or 1) > MAX_ENVS:
+        raise AgentConfigError(f"hyperparameter n_envs={trainer_opts['n_envs']} must be at most {MAX_ENVS}")
     n_envs = int(n_envs or trainer_opts.get("n_envs", 1))
     total = int(steps if steps is not None else trainer_opts.get("n_timesteps", 100_000))
     if total <= 0:
@@ -455,10 +467,14 @@ def check_spaces(model, env, path, env_id: str) -> None:
                                    f"is {mine}, the environment's {theirs}")
 
 
+RESUMABLE = ("learning_rate", "ent_coef", "clip_range", "n_epochs", "batch_size", "gamma", "exploration_final_eps",
+             "cost_limit", "lagrangian_lr", "lagrangian_max")
+"""Hyperparameters ``--resume --hyperparams`` may change (set on the loaded model); the checkpoint fixes the rest."""
+
+
 def _load_overrides(algo_kwargs: dict[str, Any]) -> dict[str, Any]:
     """Hyperparameters that may change on resume (others come from the checkpoint)."""
-    keep = ("learning_rate", "ent_coef", "clip_range", "n_epochs", "batch_size", "gamma", "exploration_final_eps")
-    return {k: v for k, v in algo_kwargs.items() if k in keep}
+    return {k: v for k, v in algo_kwargs.items() if k in RESUMABLE}
 
 
 # ------------------------------------------------------------------ evaluate

@@ -182,6 +182,56 @@ def plot(runs, path: Path) -> None:
     plt.close(fig)
 
 
+RUN_KEYS = {"env_id": str, "algo": str, "seed": int, "steps": int, "wall_s": (int, float), "curve": list}
+
+
+def load_results(path: Path) -> tuple[dict, list[dict]]:
+    """``(meta, runs)`` of a result file; ``ValueError`` (one line) unless every run has the fields the report reads."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError("not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise ValueError("not a bench_training result file (no list of runs)")
+    for i, r in enumerate(data["runs"]):
+        if not isinstance(r, dict) or any(not isinstance(r.get(k), t) for k, t in RUN_KEYS.items()):
+            raise ValueError(f"run {i} lacks one of {sorted(RUN_KEYS)} or has a wrong type")
+        if not r["curve"] or any(not isinstance(c, dict) or any(k not in c for k in CURVE_KEYS) for c in r["curve"]):
+            raise ValueError(f"run {i}'s curve is empty or lacks one of {list(CURVE_KEYS)}")
+    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    return meta, data["runs"]
+
+
+def check_plan(p, args) -> None:
+    """Every environment id, algorithm and seed checked before any training (one-line errors)."""
+    import gymnasium as gym
+
+    import siftmoe_gym  # noqa: F401  (registers the ids)
+    from agents.algos import AgentConfigError, canonical_algo, check_compatible
+
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds: {args.seeds} repeats a seed")
+    if min(args.seeds) < 0:
+        p.error(f"--seeds: seeds must be >= 0, got {min(args.seeds)}")
+    try:
+        args.algos = [canonical_algo(a) for a in args.algos]
+    except AgentConfigError as exc:
+        p.error(f"--algos: {exc}")
+    if len(set(args.algos)) != len(args.algos):
+        p.error(f"--algos: {args.algos} repeats an algorithm")
+    for env_id in args.envs:
+        try:
+            setting_of(env_id)
+            space = gym.spec(env_id) and gym.make(env_id).action_space
+        except (ValueError, gym.error.Error) as exc:
+            p.error(f"--envs: {env_id}: {exc}")
+        for algo in args.algos:
+            try:
+                check_compatible(algo, space, env_id)
+            except AgentConfigError as exc:
+                p.error(f"--algos: {exc}")
+
+
 MARK_BEGIN = "<!-- bench_training:begin -->"
 MARK_END = "<!-- bench_training:end -->"
 
@@ -228,31 +278,36 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
         for name in ("steps", "eval_freq", "eval_episodes", "threads"):
             at_least("--" + name.replace("_", "-"), getattr(args, name), 1)
-        for env_id in args.envs:
-            try:
-                setting_of(env_id)
-            except ValueError as exc:
-                p.error(f"--envs: {exc}")
+        check_plan(p, args)
         if args.doc:
             try:
                 check_doc(Path(args.doc))
             except (OSError, ValueError) as exc:
                 p.error(f"--doc: {exc}")
+        merged = []
         for f in args.merge:
             try:
-                json.loads(Path(f).read_text())["runs"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                p.error(f"--merge: {f}: not a bench_training result file ({type(exc).__name__})")
+                merged.append(load_results(Path(f)))
+            except (OSError, ValueError) as exc:
+                p.error(f"--merge: {f}: {exc}")
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         jpath = out.with_suffix(".json")
-        data = json.loads(jpath.read_text()) if jpath.exists() else {"runs": []}
-        meta = data.get("meta") or {
-            "command": " ".join(["python", "benchmarks/bench_training.py"] + list(sys.argv[1:] if argv is None else argv)),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible",
-            "threads": args.threads, "eval_freq": args.eval_freq, "eval_episodes": args.eval_episodes}
-        runs = list(data["runs"])
-        extra = [r for f in args.merge for r in json.loads(Path(f).read_text())["runs"]]
+        settings = {"steps": args.steps, "threads": args.threads, "eval_freq": args.eval_freq,
+                    "eval_episodes": args.eval_episodes}
+        meta = {"command": " ".join(["python", "benchmarks/bench_training.py"] + list(sys.argv[1:] if argv is None else argv)),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible", **settings}
+        runs = []
+        if jpath.exists():
+            try:
+                meta, runs = load_results(jpath)
+            except (OSError, ValueError) as exc:
+                p.error(f"--out: {jpath}: {exc}")
+            differ = [k for k, v in settings.items() if k in meta and meta[k] != v]
+            if differ and not args.report_only:
+                p.error(f"--out: {jpath} holds runs made with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))} {meta[k]}' for k in differ)}); "
+                        f"use another --out or the same settings")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        extra = [r for _, rs in merged for r in rs]
         if not args.report_only:
             done = {(r["env_id"], r["algo"], r["seed"]) for r in runs}
             # seed-major: a stopped benchmark has every (setting, algorithm) with fewer seeds, not some without any
@@ -265,7 +320,15 @@ def main(argv=None) -> int:
                       f"{100 * f['regret']:.2f}%, excess viol. {100 * f['excess_violation_rate']:.2f}%, "
                       f"feasible {f['feasible']}", flush=True)
                 jpath.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
-        allruns = runs + extra
+        allruns, seen = [], set()
+        for r in runs + extra:  # a run counted once, however many files hold it
+            key = (r["env_id"], r["algo"], r["seed"])
+            if key in seen:
+                print(f"bench_training.py: note: {key[0]} {key[1]} seed {key[2]} appears more than once; counted once",
+                      file=sys.stderr)
+                continue
+            seen.add(key)
+            allruns.append(r)
         if not allruns:
             p.error("no runs to report")
         out.with_suffix(".md").write_text(to_markdown(allruns, meta) + "\n")
@@ -275,7 +338,9 @@ def main(argv=None) -> int:
         print(to_markdown(allruns, meta))
         return 0
 
-    return run_main("bench_training.py", body)
+    from agents.algos import AgentConfigError
+
+    return run_main("bench_training.py", body, errors=(AgentConfigError,))
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ class FastFadingEnv(SiftMoEEnv):
 
     The Decode-v0 blocks (``router_probs``, ``topk_mask``, ``link_margin``,
     ``node_cost``, ``node_feasible`` of this token's channels, ``layer``,
-    ``norm``, ``solo_error`` in units of ``eps_l``, ``progress``) followed by
+    ``norm``, ``solo_error`` in units of ``eps_l``, ``progress``, ``gates``) followed by
 
     | Index (start, length) | Name        | Bounds | Meaning |
     |-----------------------|-------------|--------|---------|

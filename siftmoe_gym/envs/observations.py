@@ -19,8 +19,9 @@ the same blocks as a ``Dict`` of ``Box`` es keyed by name
 | ``2N+4M+L+3``, N      | gates         | [0, 1]             | the gates the model applies to its top-k experts (the error bound's weights), each over the token's gate sum, at the expert's index; 0 elsewhere |
 
 followed by the setting's own blocks (``SiftMoEEnv._extra_segments``:
-Prefill ``loads`` and ``block_position``, FastFading ``layer_queue`` and
-``queues``; see their class docstrings).  Without ``solo_error`` the later
+Prefill ``loads``, ``block_position`` and ``block_demand``, FastFading
+``layer_queue``, ``queues``, ``layer_allowance`` and ``budget_left``; see their
+class docstrings).  Without ``solo_error`` the later
 blocks start ``M + 1`` earlier.  :class:`ObservationLayout` turns the block
 list into slices, bounds and the space; :func:`static_features` fills every
 block known before the episode's steps are taken (the environments fill the

@@ -128,6 +128,8 @@ class PrefillEnv(SiftMoEEnv):
     ## Version History
 
     - v0: initial version.
+    - v0 (unreleased revision): the observation adds ``gates`` and ``block_demand``; ``info`` adds the
+      constraint costs (``cost``, ``cost_accuracy``, ``cost_latency``).
     - v0 (unreleased revision): a latency violation also pays the accuracy penalty of the token's worst
       decision, so the reward ranks latency before accuracy at every budget (before, at very tight budgets,
       top-k's latency violations could score better than the optimum's accuracy violations).

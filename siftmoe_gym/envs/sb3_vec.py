@@ -243,7 +243,13 @@ def has_native(env_id: str) -> bool:
 
     spec = gym.spec(env_id)
     entry = spec.vector_entry_point
-    return isinstance(entry, str) and entry.startswith("siftmoe_gym.envs.vector:")
+    if isinstance(entry, str):
+        if not entry.startswith("siftmoe_gym."):
+            return False
+        from gymnasium.envs.registration import load_env_creator
+
+        entry = load_env_creator(entry)
+    return isinstance(entry, type) and issubclass(entry, SiftMoEVectorEnv)
 
 
 def make_sb3_vec_env(
