@@ -13,7 +13,7 @@ serving of decoded actions and the per-episode precomputation that keeps
 - :mod:`siftmoe_gym.envs.metrics`: the episode-end metrics;
 - :mod:`siftmoe_gym.serving`: the serving rule (:func:`~siftmoe_gym.serving.pick_row`
   over the enumeration table :class:`~siftmoe_gym.serving_table.ServingTable` when
-  ``(N+1)^k`` is small, :func:`~siftmoe_gym.serving.solve_decode` otherwise).
+  ``(N+1)^k`` is small, :func:`~siftmoe_gym.serving_free.serve_nodes` otherwise).
 
 Per episode the environment precomputes, for every step ``s`` of the
 episode, the arrays the step needs (router rows, the dissimilarity rows of
@@ -42,7 +42,8 @@ import numpy as np
 from ..bounds import ABS_TOL, REL_TOL
 from ..config import make_config
 from ..instances import DecodeInstance
-from ..serving import pick_row, serve_free
+from ..serving import pick_row
+from ..serving_free import serve_nodes
 from ..serving_table import ServingTable
 from ..system import WideSystem, explicit_keys
 from .actions import ACTION_MODES, DISCRETE_MAX_NODES, make_action_codec, node_sets
@@ -323,7 +324,7 @@ class SiftMoEEnv(gym.Env):
                 idx, _ = pick_row(allow, err_c, ec, obj, cap)
                 return self._result_from_combo(idx, s, layer, cost, feas, viol, active)
             # solve_decode on the instance with the activated nodes' costs set to 0, without building it
-            assign = serve_free(dk, gates, node_of, active, cap, self.compute_cost, we, wr)
+            assign = serve_nodes(dk, gates, node_of, active, cap, self.compute_cost, we, wr)
             servers = np.where(assign < 0, n, assign)
         elif kind == "experts":
             computed = payload

@@ -1,0 +1,91 @@
+"""serve_nodes (siftmoe_gym/serving_free.py) against the exact slot dynamic program (serve_free) and solve_decode
+on the zeroed instance, at N=256, k=8, M=16: continuous draws, grid-valued draws with many exact ties, duplicated
+experts, caps on the boundary and zero compute energy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from baselines.common import random_decode_instance, with_changes
+from siftmoe_gym import WideSystem
+from siftmoe_gym.serving import serve_free, solve_decode
+from siftmoe_gym.serving_free import _serve_nodes, serve_nodes
+
+N, K, M = 256, 8, 16
+
+
+def _case(rng, kind):
+    node_of = rng.integers(0, M + 1, size=N)
+    if kind == "grid":  # values on a coarse grid and equal gates: many partitions tie exactly
+        dk = rng.integers(0, 9, size=(K, N + 1)) / 8.0
+        dk[:, :N] = np.where(rng.random((K, N)) < 0.06, dk[:, :N], 1.0)
+        dk[:, N] = rng.integers(4, 9, size=K) / 8.0
+        gates = np.full(K, 1.0 / K)
+    else:
+        sigma = rng.uniform(0.3, 1.0, size=K)
+        dk = sigma[:, None] * rng.uniform(1.0, 3.0, size=(K, N + 1))  # most experts worse than skipping
+        good = rng.random((K, N)) < 0.04  # a few good substitutes per slot, some shared by several slots
+        good[:, rng.choice(N, size=4, replace=False)] |= rng.random((K, 4)) < 0.3
+        dk[:, :N] = np.where(good, sigma[:, None] * rng.random((K, N)), dk[:, :N])
+        dk[:, N] = sigma
+        gates = rng.dirichlet(np.ones(K))
+        if kind == "duplicates":  # experts on other nodes with the same rows: server ties
+            src = rng.choice(N, size=40, replace=False)
+            dst = rng.choice(N, size=40, replace=False)
+            dk[:, dst] = dk[:, src]
+    dk[np.arange(K), rng.choice(N, size=K, replace=False)] = 0.0  # each slot's own expert
+    allowed = np.concatenate([[True], rng.random(M) < rng.uniform(0.05, 0.95)])
+    return dk, gates, node_of, allowed
+
+
+def _caps(rng, dk, gates, node_of, allowed, ec):
+    """A spread of caps: around the skip-everything error, the least error, and exactly at served errors."""
+    skip = float(gates @ dk[:, N])
+    caps = [skip * q for q in (0.05, 0.2, 0.5, 1.0)] + [float(rng.uniform(0, skip))]
+    a = serve_free(dk, gates, node_of, allowed, caps[1], ec)
+    caps.append(float((gates * dk[np.arange(K), np.where(a < 0, N, a)]).sum()))  # exactly an achievable error
+    return caps
+
+
+@pytest.mark.parametrize("kind", ["continuous", "grid", "duplicates"])
+def test_serve_nodes_equals_the_slot_dynamic_program(kind):
+    rng = np.random.default_rng({"continuous": 0, "grid": 1, "duplicates": 2}[kind])
+    fast = total = 0
+    for q in range(150):
+        dk, gates, node_of, allowed = _case(rng, kind)
+        ec = 0.0 if q % 10 == 9 else float(rng.uniform(1e-4, 1e-2))
+        for cap in _caps(rng, dk, gates, node_of, allowed, ec):
+            ref = serve_free(dk, gates, node_of, allowed, cap, ec)
+            got = serve_nodes(dk, gates, node_of, allowed, cap, ec)
+            assert np.array_equal(got, ref), (kind, q, cap, got, ref)
+            fast += _serve_nodes(dk, gates, node_of, allowed, cap, ec, 1.0, 0.0) is not None
+            total += 1
+    if kind != "grid":
+        assert fast >= total // 3  # the shortcut itself is what was compared, not only its fallback
+
+
+def test_weighted_objectives_are_served_by_the_dynamic_program():
+    rng = np.random.default_rng(5)
+    dk, gates, node_of, allowed = _case(rng, "continuous")
+    assert _serve_nodes(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5) is None
+    assert np.array_equal(serve_nodes(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5),
+                          serve_free(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5))
+
+
+BIG = {"num_experts": N, "top_k": K, "num_layers": 2, "num_nodes": M, "hidden_size": 1024, "local_capacity": 16,
+       "renormalize_gates": True, "model": {"num_clusters": 32, "calibration_tokens": 64, "router_score": "sigmoid"}}
+
+
+def test_serve_nodes_equals_solve_decode_on_the_zeroed_instance():
+    """The rule a node-set action is served by: solve_decode with the activated nodes' costs set to 0."""
+    system = WideSystem(BIG)
+    rng = np.random.default_rng(9)
+    for _ in range(60):
+        inst = random_decode_instance(system, rng, budget_range=(0.2, 2.5))
+        allowed = np.concatenate([[True], rng.random(M) < 0.5])
+        zeroed = with_changes(inst, node_cost=np.where(allowed, 0.0, inst.node_cost))
+        ref = solve_decode(zeroed, allowed)
+        got = serve_nodes(inst.delta_ext[inst.topk], inst.gates, inst.node_of, allowed, float(inst.budget),
+                          inst.compute_cost)
+        assert np.array_equal(got, ref.assignment)
