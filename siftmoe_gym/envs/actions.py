@@ -125,7 +125,8 @@ class NodesCodec(ActionCodec):
     """``MultiBinary(M)``: ``action[m-1] = 1`` activates edge node ``m``.
 
     ``decode`` looks an int8 action of the right shape up in a table of every
-    node set (one dict lookup, ``M <= FAST_NODES_LIMIT``) before validating.
+    node set (one dict lookup, ``M <= FAST_NODES_LIMIT``; above it, one lookup
+    per 8 nodes) before validating.
     """
 
     mode = "nodes"
@@ -136,17 +137,29 @@ class NodesCodec(ActionCodec):
         if n_nodes <= FAST_NODES_LIMIT:
             subsets = ((np.arange(1 << n_nodes)[:, None] >> np.arange(n_nodes)[None, :]) & 1).astype(np.int8)
             self._fast = {subsets[i].tobytes(): i for i in range(len(subsets))}
-        else:
+        else:  # 8 nodes at a time: every 0/1 pattern of 1 to 8 bytes
             self._fast = {}
+            self._chunks = {bytes((i >> b) & 1 for b in range(w)): i for w in range(1, 9) for i in range(1 << w)}
 
     def _make_space(self):
         return spaces.MultiBinary(self.n_nodes)
 
     def decode(self, action):
         if type(action) is np.ndarray and action.dtype is _INT8:  # (any other dtype: the general path below)
-            hit = self._fast.get(action.tobytes()) if action.shape == self._shape else None
-            if hit is not None:
-                return "nodes", hit
+            if action.shape == self._shape:
+                if self._fast:
+                    hit = self._fast.get(action.tobytes())
+                    if hit is not None:
+                        return "nodes", hit
+                else:
+                    raw, get, mask = action.tobytes(), self._chunks.get, 0
+                    for i in range(0, len(raw), 8):
+                        hit = get(raw[i : i + 8])
+                        if hit is None:
+                            break
+                        mask |= hit << i
+                    else:
+                        return "nodes", mask
         return "nodes", int(self.pow2[self._binary(action, self.n_nodes)].sum())
 
     def decode_batch(self, actions, n, bad):
