@@ -99,7 +99,6 @@ def _serve_nodes(dk, gates, node_of, allowed, cap, compute_cost, we, wr):
                     cur[0], cur[1] = cost, j
                 elif cost < cur[2]:
                     cur[2] = cost
-        j_of = multi.tolist()
     groups = []  # (mask, saving, expert, singles' saving on the mask)
     for q, (cost, j, second, slots) in best.items():
         sv = -cost
