@@ -110,8 +110,10 @@ def pct(triple, digits=1) -> str:
 
 
 def to_markdown(runs, meta) -> str:
+    cmds = meta.get("commands") or [meta["command"]]
     lines = [
-        f"Command: `{meta['command']}`  ",
+        "Commands (each wrote one result file; the last merged them into this table): " +
+        "; ".join(f"`{c}`" for c in cmds) + "  ",
         f"Machine: {meta['machine']}; torch threads {meta['threads']}; evaluation every {meta['eval_freq']:,} steps "
         f"on {meta['eval_episodes']} seeded episodes (the same for every run).",
         "",
@@ -168,14 +170,15 @@ def plot(runs, path: Path) -> None:
         axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%")
         axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%")
         axes[0][j].set_title(f"{setting}-v0")
-        axes[0][j].set_ylabel("regret vs optimum (%)")
-        axes[1][j].set_ylabel("excess violations (% of steps)")
+        axes[0][j].set_ylabel("regret vs the optimum")
+        axes[1][j].set_ylabel("excess violations (of steps)")
         axes[1][j].set_xlabel("environment steps")
         for row in (0, 1):
             axes[row][j].xaxis.set_major_formatter(steps_fmt)
             axes[row][j].grid(alpha=0.3)
             axes[row][j].legend(fontsize=7)
-        axes[0][j].set_yscale("symlog", linthresh=10)
+        axes[0][j].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}%"))
+        axes[1][j].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}%"))
     fig.suptitle("Learning curves: mean over seeds, 95% band (fixed seeded evaluation episodes)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -331,6 +334,9 @@ def main(argv=None) -> int:
             allruns.append(r)
         if not allruns:
             p.error("no runs to report")
+        if merged:  # the table quotes every command behind it, this one last
+            this = " ".join(["python", "benchmarks/bench_training.py"] + list(sys.argv[1:] if argv is None else argv))
+            meta = {**meta, "commands": [meta["command"]] + [m.get("command", "?") for m, _ in merged] + [this]}
         out.with_suffix(".md").write_text(to_markdown(allruns, meta) + "\n")
         plot(allruns, out.with_suffix(".png"))
         if args.doc:
