@@ -102,10 +102,12 @@ def aggregate(group: list[dict]) -> dict:
             "steps": max(r["steps"] for r in group), "wall_s": mean_ci([r["wall_s"] for r in group])[0]}
 
 
-def pct(triple, digits=1) -> str:
+def pct(triple, digits=1, n=2) -> str:
     m, lo, hi = triple
     if not math.isfinite(m):
         return "n/a"
+    if n < 2:
+        return f"{100 * m:.{digits}f} (one seed: no CI)"
     return f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
@@ -126,8 +128,8 @@ def to_markdown(runs, meta) -> str:
         tgt = TARGETS[setting_of(env_id)]
         met = a["final_regret"][0] <= tgt and a["final_excess"][0] <= EXCESS_MAX and a["feasible"] == len(group)
         lines.append(
-            f"| {env_id.split('/')[-1]} | {algo} | {len(group)} | {a['steps']:,} | {pct(a['final_regret'])} | "
-            f"{pct(a['final_excess'], 2)} | {a['final_score'][0]:.3f} | {a['feasible']}/{len(group)} | "
+            f"| {env_id.split('/')[-1]} | {algo} | {len(group)} | {a['steps']:,} | {pct(a['final_regret'], n=len(group))} | "
+            f"{pct(a['final_excess'], 2, n=len(group))} | {a['final_score'][0]:.3f} | {a['feasible']}/{len(group)} | "
             f"{'met' if met else 'not met'} (<= {100 * tgt:.0f}%) | {a['wall_s']:.0f} |")
     lines += ["", "regret: E / E_siftmoe - 1 on the evaluation episodes (siftmoe: the certified optimum of the "
               "setting); excess viol.: share of steps over a per-step budget (FastFading: the cap) beyond "
@@ -150,7 +152,7 @@ def plot(runs, path: Path) -> None:
               for ea in lines}
     fig, axes = plt.subplots(2, len(settings), figsize=(4.6 * len(settings), 6.4), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(sorted(set(labels.values())))}
+    colors = {algo: cycle[i % len(cycle)] for i, algo in enumerate(sorted({a for _, a in lines}))}  # one per algorithm
     steps_fmt = FuncFormatter(lambda x, _: f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
     for j, setting in enumerate(settings):
         for ea in lines:
@@ -164,8 +166,8 @@ def plot(runs, path: Path) -> None:
                 lo = [100 * p[key][1] for p in a["points"]]
                 hi = [100 * p[key][2] for p in a["points"]]
                 ax = axes[row][j]
-                ax.plot(x, m, color=colors[lab], label=f"{lab} ({len(g[ea])} seed{'s' if len(g[ea]) > 1 else ''})")
-                ax.fill_between(x, lo, hi, color=colors[lab], alpha=0.2)
+                ax.plot(x, m, color=colors[ea[1]], label=f"{lab} ({len(g[ea])} seed{'s' if len(g[ea]) > 1 else ''})")
+                ax.fill_between(x, lo, hi, color=colors[ea[1]], alpha=0.2)
         tgt = TARGETS[setting]
         axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%")
         axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%")
