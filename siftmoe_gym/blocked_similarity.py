@@ -50,7 +50,9 @@ def choose_method(n: int, t: int, d: int) -> str:
     return "exact" if n * (n - 1) // 2 * t * d <= EXACT_WORK_LIMIT else "gram"
 
 
-def _check(outputs: np.ndarray, inputs: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def calibration_rows(outputs: np.ndarray, inputs: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(outputs (N, T', d), input norms (T',), kept (T,) bool)`` over the calibration tokens with a non-zero
+    input norm, float64; ``ValueError`` for wrong shapes, ``q`` outside (0, 1] or no usable token."""
     y = np.asarray(outputs, dtype=np.float64)
     x = np.asarray(inputs, dtype=np.float64)
     if y.ndim != 3 or x.ndim != 2 or y.shape[1:] != x.shape:
@@ -89,7 +91,7 @@ def similarity_blocks(outputs: np.ndarray, inputs: np.ndarray, q: float = 0.99,
     unknown method, or inputs that are all zero.  Memory: blocks of about
     :data:`_BLOCK_ELEMENTS` float64 (32 MB) plus ``N^2`` results.
     """
-    y, xnorm, _ = _check(outputs, inputs, q)
+    y, xnorm, _ = calibration_rows(outputs, inputs, q)
     n, t, d = y.shape
     method = choose_method(n, t, d) if method is None else method
     if method not in ("exact", "gram"):

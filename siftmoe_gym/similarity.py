@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .blocked_similarity import calibration_rows
+
 
 def _quantile(ratios: np.ndarray, q: float, axis: int) -> np.ndarray:
     if q >= 1.0:
@@ -29,19 +31,8 @@ def similarity_from_outputs(
     exactly symmetric with a zero diagonal and, at ``q = 1``, never below a
     calibration token's true ratio.
     """
-    y = np.asarray(outputs, dtype=np.float64)
-    x = np.asarray(inputs, dtype=np.float64)
-    if y.ndim != 3 or x.ndim != 2 or y.shape[1:] != x.shape:
-        raise ValueError(f"outputs must be (N, T, d) and inputs (T, d); got {y.shape} and {x.shape}")
-    if not 0.0 < q <= 1.0:
-        raise ValueError(f"quantile q={q!r} must be in (0, 1]")
-    n = y.shape[0]
-    xnorm = np.linalg.norm(x, axis=1)
-    keep = xnorm > 0
-    y, xnorm = y[:, keep], xnorm[keep]
-    t = len(xnorm)
-    if t == 0:
-        raise ValueError("no calibration hidden state with a non-zero norm")
+    y, xnorm, _ = calibration_rows(outputs, inputs, q)
+    n, t = y.shape[0], len(xnorm)
     sig = np.linalg.norm(y, axis=2) / xnorm  # (N, T)
     ratios = np.zeros((n, n, t))
     d = y.shape[2]
