@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 from gymnasium.error import ResetNeeded
 
-from ..bounds import within_budget
 from ..serving import pick_allowed_rows, serve_free
 from ..serving_table import err_table
 from ..synthetic import topk_gates
@@ -38,7 +37,7 @@ from .observations import COST_CLIP
 from .prefill import PrefillEnv
 from .rewards import avoidable_rows, constraint_costs, reward_terms_batch
 from .vector import SiftMoEVectorEnv
-from .vector_kernels import slot_sum
+from .vector_kernels import computed_and_used, serve_assignment_actions, slot_sum
 
 
 def _draw_blocks(system, rngs, t: int) -> dict[str, Any]:
@@ -213,22 +212,10 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
                 for i in range(n):
                     a = serve_free(dk[i], gates[i], node_of, active[i], cap, env.compute_cost)
                     servers[i] = np.where(a < 0, nn, a)
-                computed = np.zeros((n, nn + 1), dtype=bool)
-                np.put_along_axis(computed, servers, True, axis=1)
-                computed = computed[:, :nn]
-                used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+                computed, used = computed_and_used(servers, nn, self._node_onehot[layer])
                 count = computed.sum(axis=1)
         else:
-            if kind == "experts":
-                usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
-                servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
-                computed = payload
-            else:
-                servers = payload
-                computed = np.zeros((n, nn + 1), dtype=bool)
-                np.put_along_axis(computed, servers, True, axis=1)
-                computed = computed[:, :nn]
-            used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+            servers, computed, used = serve_assignment_actions(kind, payload, dk, nn, self._node_onehot[layer])
             active = used
             count = computed.sum(axis=1)
         energy = np.where(active, cost, 0.0).sum(axis=1) + env.compute_cost * count

@@ -45,7 +45,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from ..bounds import ABS_TOL, REL_TOL, within_budget
+from ..bounds import within_budget
 from ..energy import TOPK_FLOOR_J
 from ..serving import pick_allowed_rows
 from ..serving_table import err_table
@@ -57,8 +57,8 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .observations import budget_features
 from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
-from .vector_kernels import (decode_nodes_int8, least_feasible_terms, node_terms, serve_least_error_k2, serve_nodes,
-                             serving_static, slot_sum)
+from .vector_kernels import (decode_nodes_int8, least_feasible_terms, node_terms, serve_assignment_actions,
+                             serve_least_error_k2, serve_nodes, serving_static, slot_sum)
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 _UNUSED = frozenset(("probs", "norms", "topk_used", "topk_count", "margin"))  # episode tables the steps never read
@@ -374,16 +374,7 @@ class SiftMoEVectorEnv(VectorEnv):
             assignment = tab.assign[idx]
             computed = np.take(tab.computed, idx, axis=0)
         else:
-            if kind == "experts":
-                usable = np.concatenate([payload, np.ones((n, 1), bool)], axis=1)
-                servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
-                computed = payload
-            else:
-                servers = payload
-                computed = np.zeros((n, nn + 1), dtype=bool)
-                np.put_along_axis(computed, servers, True, axis=1)
-                computed = computed[:, :nn]
-            used = (computed.astype(np.float64) @ self._node_onehot[layer]) > 0
+            servers, computed, used = serve_assignment_actions(kind, payload, dk, nn, self._node_onehot[layer])
             energy = np.where(used, cost, 0.0).sum(axis=1) + env.compute_cost * computed.sum(axis=1)
             err = (gates * np.take_along_axis(dk, servers[:, :, None], axis=2)[:, :, 0]).sum(axis=1)
             assignment = np.where(servers >= nn, -1, servers)

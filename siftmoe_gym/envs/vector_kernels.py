@@ -6,6 +6,8 @@
   (count level, index) order whose error bound is within the key) from the slots' ``N+1`` terms.
 - :func:`decode_nodes_int8`: the ``nodes`` codec's batch decoding for int8 actions (what
   ``action_space.sample()`` gives) by bit packing, the same bitmasks and the same checks.
+- :func:`serve_assignment_actions` / :func:`computed_and_used`: the ``experts`` and ``slots`` modes' serving
+  over copies (shared by the Decode/FastFading and the Prefill vector envs).
 """
 
 from __future__ import annotations
@@ -193,3 +195,25 @@ def serve_least_error_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndar
     if len(out):
         _, _, s0[out], s1[out] = serve_nodes_k2(np.ascontiguousarray(g[:, :, out]), -np.inf)
     return s0 * n1 + s1, g[s0, 0, ar] + g[s1, 1, ar]
+
+
+def computed_and_used(servers: np.ndarray, nn: int, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(computed (n, N) bool, used (n, M+1) bool)`` of slot assignments ``servers`` (n, k) (server ``N`` =
+    skip): the experts computed and the nodes they sit on (``onehot`` (N, M+1), the layer's placement)."""
+    computed = np.zeros((len(servers), nn + 1), dtype=bool)
+    np.put_along_axis(computed, servers, True, axis=1)
+    computed = computed[:, :nn]
+    return computed, (computed.astype(np.float64) @ onehot) > 0
+
+
+def serve_assignment_actions(kind: str, payload: np.ndarray, dk: np.ndarray, nn: int,
+                             onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(servers (n, k), computed (n, N), used (n, M+1))`` for ``"experts"`` actions (each slot served by its
+    least-dissimilar computed expert or skip, from ``dk`` (n, k, N+1)) or ``"slots"`` actions (the
+    servers themselves), as the single environment serves them."""
+    if kind == "experts":
+        usable = np.concatenate([payload, np.ones((len(payload), 1), bool)], axis=1)
+        servers = np.argmin(np.where(usable[:, None, :], dk, np.inf), axis=2)
+        return servers, payload, (payload.astype(np.float64) @ onehot) > 0
+    computed, used = computed_and_used(payload, nn, onehot)
+    return payload, computed, used
