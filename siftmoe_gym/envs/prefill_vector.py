@@ -25,7 +25,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from gymnasium.error import ResetNeeded
 
 from ..serving import pick_allowed_rows, serve_free
 from ..serving_table import err_table
@@ -226,14 +225,10 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
         return assignment, computed, energy, err, lat, used, active
 
     def step(self, actions):
-        if not self._started:
-            raise ResetNeeded("Cannot call env.step() before calling env.reset()")
+        reset = self._begin_step(actions)
+        if reset is not None:
+            return reset
         n = self.num_envs
-        if self._autoreset:  # NEXT_STEP autoreset: the actions are not served (checked all the same)
-            self._decode_actions(actions)
-            obs, info = self._reset_all()
-            z = np.zeros(n, dtype=bool)
-            return obs, np.zeros(n), z, z.copy(), info
         env = self.env
         kind, payload = self._decode_actions(actions)  # the whole batch checked before any copy moves
         s = self._s

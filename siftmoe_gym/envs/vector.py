@@ -276,15 +276,23 @@ class SiftMoEVectorEnv(VectorEnv):
             self._buf = {}
         return serve_nodes(static, layer, payload, topk, gates, cap, self._buf)
 
-    def step(self, actions):
+    def _begin_step(self, actions):
+        """``ResetNeeded`` before the first reset; on the call after an episode's end (``NEXT_STEP``
+        autoreset) the copies' reset as the step's result (the actions checked, not served); else None."""
         if not self._started:
             raise ResetNeeded("Cannot call env.step() before calling env.reset()")
+        if not self._autoreset:
+            return None
+        self._decode_actions(actions)
+        obs, info = self._reset_all()
+        z = np.zeros(self.num_envs, dtype=bool)
+        return obs, np.zeros(self.num_envs), z, z.copy(), info
+
+    def step(self, actions):
+        reset = self._begin_step(actions)
+        if reset is not None:
+            return reset
         n = self.num_envs
-        if self._autoreset:  # NEXT_STEP autoreset: the actions are not served (checked all the same)
-            self._decode_actions(actions)
-            obs, info = self._reset_all()
-            z = np.zeros(n, dtype=bool)
-            return obs, np.zeros(n), z, z.copy(), info
         if not self._batched:
             return self._step_loop(actions)
         env = self.env
