@@ -276,9 +276,4 @@ class PrefillVectorEnv(SiftMoEVectorEnv):
             if self._s % self._T == 0:
                 self._start_layer()
         self._costs = self._step_costs()
-        for key in list(info):
-            info["_" + key] = ones
-        truncated = self._truncated()
-        self._autoreset = terminated or truncated
-        obs = self._format(self._observation())
-        return obs, reward, np.full(n, terminated), np.full(n, truncated), info
+        return self._end_step(info, reward, terminated)

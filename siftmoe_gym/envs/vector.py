@@ -435,12 +435,19 @@ class SiftMoEVectorEnv(VectorEnv):
             add_episode_metrics_batch(info, e, et, nv, nl, self._tokens_per_ep, self._n_steps, ones)
         else:
             add_episode_metrics_batch(info, e, et, nv, nl, self._s / env.n_layers, self._s, ones)
+        return self._end_step(info, reward, terminated)
+
+    def _end_step(self, info, reward, terminated: bool):
+        """The step's result once ``info`` is filled: every key gets its all-True ``"_key"`` mask (as a
+        ``SyncVectorEnv`` lays out the copies' infos), ``max_episode_steps`` truncates, and the next call
+        autoresets after an episode's end."""
+        ones = self._mask()
         for key in list(info):
             info["_" + key] = ones
         truncated = self._truncated()
         self._autoreset = terminated or truncated
-        obs = self._format(self._observation())
-        return obs, reward, np.full(n, terminated), np.full(n, truncated), info
+        n = self.num_envs
+        return self._format(self._observation()), reward, np.full(n, terminated), np.full(n, truncated), info
 
     def _avoidable(self, over: np.ndarray, s: int, layer: int, thr: float) -> np.ndarray:
         """``over`` and'ed with whether a decision within the latency budget keeps each copy's error within
