@@ -5,6 +5,7 @@
 - :mod:`agents.hyperparams`: rl-zoo3-style YAML per algorithm (``agents/hyperparams/<algo>.yml``);
 - :mod:`agents.masking`: node masks for MaskablePPO (``NodeActionMasker``);
 - :mod:`agents.policy`: ``AgentPolicy``, an SB3 model as an ``act(obs, info)`` policy;
+- :mod:`agents.set_policy`: ``NodeSetPolicy``, an actor that scores every node set from its error bound and cost;
 - :mod:`agents.evaluation`: seeded evaluation of policies and agents, the baseline cache, regret;
 - :mod:`agents.runio`: run-folder I/O (atomic writes, run folders, checkpoint index);
 - :mod:`agents.models`: loading saved agents with their metadata;
@@ -19,6 +20,7 @@ from .algos import ALGOS, AgentConfigError, canonical_algo, check_compatible, ge
 from .hyperparams import load_hyperparams, parse_overrides, resolve_hyperparams, split_hyperparams
 from .masking import NodeActionMasker, node_action_mask
 from .policy import AgentPolicy
+from .set_policy import NodeSetPolicy, resolve_policy
 
 
 def make_agent(algo: str, env, seed: int | None = None, hyperparams=None, env_id: str = "default", device: str = "cpu",
@@ -29,6 +31,7 @@ def make_agent(algo: str, env, seed: int | None = None, hyperparams=None, env_id
     raw = resolve_hyperparams(algo, env_id, hyperparams)
     _, algo_kwargs = split_hyperparams(algo, raw)
     algo_kwargs.update(kwargs)
+    algo_kwargs = resolve_policy(spec.name, algo_kwargs, env)
     return spec.load_class()(env=env, seed=seed, device=device, **algo_kwargs)
 
 
@@ -41,7 +44,7 @@ def __getattr__(name):  # lazy: training pulls in the environments and baselines
 
 
 __all__ = [
-    "ALGOS", "AgentConfigError", "AgentPolicy", "NodeActionMasker", "canonical_algo", "check_compatible",
+    "ALGOS", "AgentConfigError", "AgentPolicy", "NodeActionMasker", "NodeSetPolicy", "canonical_algo", "check_compatible",
     "evaluate_saved", "get_algo", "load_agent", "load_hyperparams", "make_agent", "node_action_mask",
     "parse_overrides", "resolve_hyperparams", "split_hyperparams", "train",
 ]

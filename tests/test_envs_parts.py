@@ -93,11 +93,13 @@ def test_episode_metrics_batch_matches_single():
 
 
 def test_observation_layout_slices_and_dict():
-    segs = segments(8, 4, 3, True, [("queues", 3, 0.0, 1.0)])
+    segs = segments(8, 4, 3, 2, True, [("queues", 3, 0.0, 1.0)])
     layout = ObservationLayout(segs, "dict")
-    assert [s[0] for s in segs][-4:] == ["solo_error", "progress", "gates", "queues"]
-    assert layout.dim == 3 * 8 + 3 * 4 + 3 + 1 + 5 + 1 + 3
-    n, m, nl = 8, 4, 3  # the index table of siftmoe_gym/envs/observations.py
+    assert [s[0] for s in segs][-5:] == ["solo_error", "progress", "gates", "slot_error", "queues"]
+    assert layout.dim == 3 * 8 + 3 * 4 + 3 + 1 + 5 + 1 + 2 * 6 + 3
+    n, m, nl, k = 8, 4, 3, 2  # the index table of siftmoe_gym/envs/observations.py
+    assert layout.slices["slot_error"] == slice(3 * n + 4 * m + nl + 3, 3 * n + 4 * m + nl + 3 + k * (m + 2))
+    assert [s[0] for s in segments(8, 4, 3, 2, False)][-2:] == ["progress", "gates"]
     assert layout.slices["solo_error"] == slice(2 * n + 3 * m + nl + 1, 2 * n + 4 * m + nl + 2)
     assert layout.slices["progress"] == slice(2 * n + 4 * m + nl + 2, 2 * n + 4 * m + nl + 3)
     assert layout.slices["gates"] == slice(2 * n + 4 * m + nl + 3, 3 * n + 4 * m + nl + 3)

@@ -25,7 +25,8 @@ def zoo_run(tmp_path_factory):
     log = tmp_path_factory.mktemp("zoo")
     cmd = [sys.executable, "-m", "rl_zoo3.train", *ZOO, "--conf-file", str(ROOT / "agents" / "hyperparams" / "ppo.yml"),
            "-n", "2000", "--log-folder", str(log), "--eval-freq", "-1", "--seed", "0",
-           "--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:1"]
+           "--hyperparams", "n_envs:2", "n_steps:64", "batch_size:64", "n_epochs:1", "policy:'MlpPolicy'",
+           "policy_kwargs:dict(net_arch=[128, 128])"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=ENV)
     assert r.returncode == 0, r.stderr[-3000:]
     return log

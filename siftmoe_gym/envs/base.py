@@ -256,7 +256,7 @@ class SiftMoEEnv(gym.Env):
         return []
 
     def _build_spaces(self) -> None:
-        segs = segments(self.n_experts, self.n_nodes, self.n_layers, self.env_config["solo_error_features"],
+        segs = segments(self.n_experts, self.n_nodes, self.n_layers, self.top_k, self.env_config["solo_error_features"],
                         self._extra_segments())
         layout = ObservationLayout(segs, self.obs_mode)
         self.obs_layout = layout

@@ -96,8 +96,9 @@ class DecodeEnv(SiftMoEEnv):
     ## Observation Space
 
     ``obs_mode="flat"`` (default): ``Box(float32)`` of length
-    ``3N + 3M + L + 1 + (M+1) + 1`` (the ``solo_error`` block can be turned
-    off with ``solo_error_features=False``), laid out as below; ``"dict"``
+    ``3N + 4M + L + 3 + k(M+2)`` (the ``solo_error`` and ``slot_error`` blocks
+    can be turned off with ``solo_error_features=False``: ``3N + 3M + L + 2``),
+    laid out as below; ``"dict"``
     gives the same blocks as a ``Dict`` of ``Box`` es keyed by name.
 
     | Index (start, length)      | Name            | Bounds      | Meaning |
@@ -112,6 +113,7 @@ class DecodeEnv(SiftMoEEnv):
     | ``2N+3M+L+1``, M+1         | solo_error      | [0, 8]      | error bound (in budget units) with node 0 alone, then with node 0 plus node ``m`` alone |
     | ``2N+4M+L+2``, 1           | progress        | [0, 1]      | share of the episode's steps already taken |
     | ``2N+4M+L+3``, N           | gates           | [0, 1]      | each top-k expert's applied gate over the token's gate sum, at the expert's index (0 elsewhere) |
+    | ``3N+4M+L+3``, k(M+2)      | slot_error      | [0, 8]      | per top-k slot ``j`` (router order): ``g_j min Δ`` to the experts of node 0, ..., node ``M`` (8 for a node without experts), then the skip term ``g_j σ``, in budget units; a node set's least error bound is the sum over slots of the least of its terms |
 
     The exact slices are in ``env.unwrapped.obs_slices``.
 

@@ -79,7 +79,7 @@ class FastFadingEnv(SiftMoEEnv):
 
     The Decode-v0 blocks (``router_probs``, ``topk_mask``, ``link_margin``,
     ``node_cost``, ``node_feasible`` of this token's channels, ``layer``,
-    ``norm``, ``solo_error`` in units of ``eps_l``, ``progress``, ``gates``) followed by
+    ``norm``, ``solo_error`` in units of ``eps_l``, ``progress``, ``gates``, ``slot_error``) followed by
 
     | Index (start, length) | Name        | Bounds | Meaning |
     |-----------------------|-------------|--------|---------|
@@ -88,7 +88,7 @@ class FastFadingEnv(SiftMoEEnv):
     | ``D0 + L + 1``, 1     | layer_allowance | [-1, 1] | ``(T - R_l) / (T - t) / eps_max_factor``, clipped: the current layer's budget left per token left (this one included), over the cap |
     | ``D0 + L + 2``, L     | budget_left | [-1, 1] | every layer's ``(T - R_l) / T``, clipped: the share of its average budget not yet spent |
 
-    where ``D0 = 3N + 4M + L + 3`` (``3N + 3M + L + 2`` without solo errors),
+    where ``D0 = 3N + 4M + L + 3 + k(M+2)`` (``3N + 3M + L + 2`` without solo errors),
     ``T = episode_tokens``, ``t`` the token (0-based) and
     ``R_l = sum_{t' < t} err_{t',l} / eps_l`` the error layer ``l`` has spent
     so far (``env.unwrapped.error_spent``): the average constraint is

@@ -17,12 +17,16 @@ the same blocks as a ``Dict`` of ``Box`` es keyed by name
 | ``2N+3M+L+1``, M+1    | solo_error    | [0, SOLO_CLIP]     | error bound (budget units) with node 0 alone, then node 0 plus node ``m`` alone (``solo_error_features``) |
 | ``2N+4M+L+2``, 1      | progress      | [0, 1]             | share of the episode's steps already taken |
 | ``2N+4M+L+3``, N      | gates         | [0, 1]             | the gates the model applies to its top-k experts (the error bound's weights), each over the token's gate sum, at the expert's index; 0 elsewhere |
+| ``3N+4M+L+3``, k(M+2)  | slot_error    | [0, SOLO_CLIP]     | per top-k slot ``j`` (router order), ``M+2`` error terms in budget units: ``g_j min Δ_{i_j, e}`` over the experts ``e`` of node 0, ..., node ``M`` (SOLO_CLIP for a node without experts), then the skip term ``g_j σ_{i_j}`` (``solo_error_features``) |
 
 followed by the setting's own blocks (``SiftMoEEnv._extra_segments``:
 Prefill ``loads``, ``block_position`` and ``block_demand``, FastFading
 ``layer_queue``, ``queues``, ``layer_allowance`` and ``budget_left``; see their
 class docstrings).  Without ``solo_error`` the later
-blocks start ``M + 1`` earlier.  :class:`ObservationLayout` turns the block
+blocks start ``M + 1`` earlier and ``slot_error`` is left out.  A node set ``U``'s
+error bound is ``sum_j min(skip_j, node0_j, min_{m in U} node_m_j)`` of the ``slot_error``
+terms (model.md section 4; clipped terms aside), so the block lets a policy
+evaluate every node set's error bound without learning the model's ``Δ``.  :class:`ObservationLayout` turns the block
 list into slices, bounds and the space; :func:`static_features` fills every
 block known before the episode's steps are taken (the environments fill the
 dynamic ones per step).
@@ -54,7 +58,7 @@ Segment = tuple[str, int, float, float]
 """A block: (name, size, low, high)."""
 
 
-def segments(n_experts: int, n_nodes: int, n_layers: int, solo_error: bool,
+def segments(n_experts: int, n_nodes: int, n_layers: int, top_k: int, solo_error: bool,
              extra: Sequence[Segment] = ()) -> list[Segment]:
     """The blocks of the module table, in order, then ``extra`` (the setting's blocks)."""
     n, m, nl = n_experts, n_nodes, n_layers
@@ -71,6 +75,8 @@ def segments(n_experts: int, n_nodes: int, n_layers: int, solo_error: bool,
         seg.append(("solo_error", m + 1, 0.0, SOLO_CLIP))
     seg.append(("progress", 1, 0.0, 1.0))
     seg.append(("gates", n, 0.0, 1.0))
+    if solo_error:
+        seg.append(("slot_error", top_k * (m + 2), 0.0, SOLO_CLIP))
     seg.extend(extra)
     return seg
 
@@ -125,7 +131,9 @@ class FeatureTables:
 
     ``solo_best[l, m, i]`` (L, M+1, N): least dissimilarity (or skip cost) of
     expert ``i`` to an expert on node 0 or node ``m``; ``solo_best_rows``
-    the same as rows (L*N, M+1).
+    the same as rows (L*N, M+1); ``slot_best[l, i]`` (L, N, M+2): least
+    dissimilarity of expert ``i`` to an expert of each node 0..M (1e30 on a
+    node without experts), then its skip cost ``σ_i`` (the ``slot_error`` block).
     """
 
     def __init__(self, system, eps_div: np.ndarray):
@@ -145,6 +153,7 @@ class FeatureTables:
             has = counts > 0
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
             pernode[lay][:, has] = np.minimum.reduceat(dext[lay][:, order], starts, axis=1)
+        self.slot_best = np.concatenate([np.minimum(pernode, 1e30), dext[:, :, n:]], axis=2)  # (L, N, M+2)
         base = np.minimum(pernode[:, :, 0], dext[:, :, n])  # node 0 or skip (L, N)
         self.solo_best = np.minimum(base[:, None, :], pernode.transpose(0, 2, 1))  # (L, M+1, N)
         self.solo_best_rows = np.ascontiguousarray(self.solo_best.transpose(0, 2, 1)).reshape(-1, m1)  # (L*N, M+1)
@@ -197,6 +206,11 @@ def static_features(layout: ObservationLayout, tables: FeatureTables, probs, top
         col = topk[..., j : j + 1]
         np.put_along_axis(gb, col, np.take_along_axis(gb, col, axis=-1) + share[..., j : j + 1], axis=-1)
     obs[..., sl["gates"]] = np.clip(gb, 0.0, 1.0)
+    if "slot_error" in sl:
+        lay = np.broadcast_to(layers, lead)[..., None]
+        terms = gates[..., None] * tables.slot_best[lay, topk]  # (..., k, M+2)
+        terms = terms / tables.eps_div[layers][..., None, None]
+        obs[..., sl["slot_error"]] = np.clip(terms, 0.0, SOLO_CLIP).reshape(lead + (-1,))
     return obs
 
 

@@ -70,7 +70,7 @@ class PrefillEnv(SiftMoEEnv):
     | ``D0 + M``, 1         | block_position | [0, 1] | ``t / T``: the token's position in the block |
     | ``D0 + M + 1``, M     | block_demand   | [0, 1] | per edge node, the block's tokens from this one on (this layer) whose top-k uses the node, over ``T`` |
 
-    with ``D0 = 3N + 4M + L + 3`` (``3N + 3M + L + 2`` without solo errors).
+    with ``D0 = 3N + 4M + L + 3 + k(M+2)`` (``3N + 3M + L + 2`` without solo errors).
 
     ## Rewards
 
