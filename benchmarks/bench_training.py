@@ -48,6 +48,11 @@ def setting_of(env_id: str) -> str:
     raise ValueError(f"unknown setting of {env_id!r}")
 
 
+def name_of(run: dict) -> str:
+    """The row a run belongs to: its ``--label`` (e.g. ``ppo (MlpPolicy)``), else its algorithm."""
+    return run.get("label") or run["algo"]
+
+
 def run_one(env_id: str, algo: str, seed: int, args) -> dict:
     from agents.training import train
 
@@ -56,10 +61,10 @@ def run_one(env_id: str, algo: str, seed: int, args) -> dict:
         env_id=env_id, algo=algo, steps=args.steps, seed=seed, logdir=args.logdir,
         run_name=f"bench_{env_id.split('/')[-1]}_{algo}_s{seed}_{int(time.time())}",
         eval_freq=args.eval_freq, eval_episodes=args.eval_episodes, progress_bar=False,
-        baselines=["siftmoe", "topk"], threads=args.threads, print_table=False,
+        baselines=["siftmoe", "topk"], threads=args.threads, print_table=False, hyperparams=list(args.hyperparams),
     )
     curve = [{k: h.get(k) for k in CURVE_KEYS} for h in res.history]
-    return {"env_id": env_id, "algo": algo, "seed": seed, "steps": res.timesteps,
+    return {"env_id": env_id, "algo": algo, "label": args.label or algo, "seed": seed, "steps": res.timesteps,
             "wall_s": time.perf_counter() - t0, "run_dir": str(res.run_dir), "curve": curve}
 
 
@@ -81,7 +86,7 @@ def mean_ci(values):
 def groups(runs):
     out: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
-        out.setdefault((r["env_id"], r["algo"]), []).append(r)
+        out.setdefault((r["env_id"], name_of(r)), []).append(r)
     return out
 
 
@@ -224,6 +229,15 @@ def check_plan(p, args) -> None:
         p.error(f"--algos: {exc}")
     if len(set(args.algos)) != len(args.algos):
         p.error(f"--algos: {args.algos} repeats an algorithm")
+    if args.label is not None and (len(args.algos) != 1 or not args.label.strip()):
+        p.error(f"--label: names the rows of one algorithm; give one --algos and a non-empty label, got "
+                f"{args.label!r} for {args.algos}")
+    from agents.hyperparams import parse_overrides
+
+    try:
+        parse_overrides(args.hyperparams)
+    except (AgentConfigError, ValueError) as exc:
+        p.error(str(exc) if str(exc).startswith("--hyperparams") else f"--hyperparams: {exc}")
     for env_id in args.envs:
         try:
             setting_of(env_id)
@@ -235,6 +249,14 @@ def check_plan(p, args) -> None:
                 check_compatible(algo, space, env_id)
             except AgentConfigError as exc:
                 p.error(f"--algos: {exc}")
+            try:  # every run's hyperparameters, the overrides included, before any training
+                from agents.hyperparams import resolve_hyperparams, split_hyperparams
+                from agents.set_policy import resolve_policy
+
+                _, kwargs = split_hyperparams(algo, resolve_hyperparams(algo, env_id, list(args.hyperparams)))
+                resolve_policy(algo, kwargs, gym.make(env_id))
+            except AgentConfigError as exc:
+                p.error(f"--hyperparams: {env_id} {algo}: {exc}")
 
 
 MARK_BEGIN = "<!-- bench_training:begin -->"
@@ -270,6 +292,10 @@ def main(argv=None) -> int:
         p.add_argument("--algos", nargs="+", default=["ppo", "ppo_lag"])
         p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
         p.add_argument("--steps", type=int, default=1_000_000)
+        p.add_argument("--hyperparams", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override the YAML hyperparameters of every run (as train.py --hyperparams)")
+        p.add_argument("--label", default=None,
+                       help="the runs' row name in the report (one --algos only), e.g. 'ppo (MlpPolicy)'")
         p.add_argument("--eval-freq", type=int, default=100_000)
         p.add_argument("--eval-episodes", type=int, default=8)
         p.add_argument("--threads", type=int, default=1)
@@ -298,7 +324,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         jpath = out.with_suffix(".json")
         settings = {"steps": args.steps, "threads": args.threads, "eval_freq": args.eval_freq,
-                    "eval_episodes": args.eval_episodes}
+                    "eval_episodes": args.eval_episodes, "hyperparams": list(args.hyperparams)}
         meta = {"command": " ".join(["python", "benchmarks/bench_training.py"] + list(sys.argv[1:] if argv is None else argv)),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs visible", **settings}
         runs = []
@@ -314,20 +340,21 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         extra = [r for _, rs in merged for r in rs]
         if not args.report_only:
-            done = {(r["env_id"], r["algo"], r["seed"]) for r in runs}
+            done = {(r["env_id"], name_of(r), r["seed"]) for r in runs}
             # seed-major: a stopped benchmark has every (setting, algorithm) with fewer seeds, not some without any
-            todo = [(e, a, s) for s in args.seeds for e in args.envs for a in args.algos if (e, a, s) not in done]
+            todo = [(e, a, s) for s in args.seeds for e in args.envs for a in args.algos
+                    if (e, args.label or a, s) not in done]
             for env_id, algo, seed in todo:
                 r = run_one(env_id, algo, seed, args)
                 runs.append(r)
                 f = r["curve"][-1]
-                print(f"{env_id} {algo} seed {seed}: {r['steps']:,} steps in {r['wall_s']:.0f} s, regret "
+                print(f"{env_id} {name_of(r)} seed {seed}: {r['steps']:,} steps in {r['wall_s']:.0f} s, regret "
                       f"{100 * f['regret']:.2f}%, excess viol. {100 * f['excess_violation_rate']:.2f}%, "
                       f"feasible {f['feasible']}", flush=True)
                 jpath.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
         allruns, seen = [], set()
         for r in runs + extra:  # a run counted once, however many files hold it
-            key = (r["env_id"], r["algo"], r["seed"])
+            key = (r["env_id"], name_of(r), r["seed"])
             if key in seen:
                 print(f"bench_training.py: note: {key[0]} {key[1]} seed {key[2]} appears more than once; counted once",
                       file=sys.stderr)
