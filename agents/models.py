@@ -29,7 +29,7 @@ def load_agent(model_path: str | os.PathLike, device: str = "cpu"):
     try:
         model = cls.load(str(path), device=device)
     except Exception as exc:
-        raise AgentConfigError(f"cannot load {path} as {cls.__name__}: {exc}") from None
+        raise AgentConfigError(f"cannot load {path} as {cls.__name__}: {' '.join(str(exc).split())[:400]}") from None
     return model, meta
 
 

@@ -14,7 +14,7 @@ the network the structure of that map instead of making it learn it:
    - ``err(U) = sum_j min(skip_j, node0_j, min_{m in U feasible} node_m_j)``, the least error bound
      over the budget that serving ``U`` can reach (the environments serve with the nodes of ``U`` that
      meet the latency budget; terms clipped at ``SOLO_CLIP`` aside);
-   - ``max(0, err(U) - 1)``, the excess over the budget;
+   - ``max(0, err(U) - 1)``, the excess over the budget, and ``[err(U) <= 1]``, whether it keeps it;
    - ``cost(U) = sum_{m in U} node_cost_m``, the activation cost in the reward's units;
    - the number of nodes of ``U`` that miss the latency budget, and ``|U| / M``.
 
@@ -34,7 +34,10 @@ the default).
 
     python train.py --env siftmoe_gym/Decode-v0 --algo ppo --hyperparams policy=NodeSetPolicy
 
-``ppo.yml`` and ``ppo_lag.yml`` use it for every setting; ``policy=MlpPolicy`` gives the plain MLP.
+``ppo.yml`` uses it for every setting; ``policy=MlpPolicy`` gives the plain MLP (``ppo.yml``'s
+``net_arch=[128, 128]`` is then the MLP's layers; here it is the value network's).  The policy reads the
+observation's blocks by position, so observations must reach it unchanged (no observation
+normalization wrapper).
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-MAX_SET_NODES = 10
-"""Most edge nodes the policy scores every set of (1,024 candidates per step)."""
+MAX_SET_NODES = 8
+"""Most edge nodes the policy scores every set of (256 candidates per observation; at 10 nodes one update
+on 1,024 observations took over a second on one core)."""
 
-N_CANDIDATE_FEATURES = 5
+N_CANDIDATE_FEATURES = 6
+FEATURES_VERSION = 2
+"""The layout of the candidate features; a model saved with another layout is refused when loaded."""
 
 
 def _mlp(sizes: list[int], act: type[nn.Module]) -> nn.Sequential:
@@ -87,7 +93,8 @@ class SetFeatures(nn.Module):
         cost = obs[:, self.sl["node_cost"]] @ self.member.T  # (B, S)
         late = (1.0 - feasible) @ self.member.T
         size = self.member.sum(dim=1).expand(b, -1) / max(self.m, 1)
-        return th.stack([err, th.relu(err - 1.0), cost, late, size], dim=-1)
+        within = (err <= 1.0).to(obs.dtype)
+        return th.stack([err, th.relu(err - 1.0), within, cost, late, size], dim=-1)
 
 
 class SetScorer(nn.Module):
@@ -185,7 +192,20 @@ class NodeSetPolicy(ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule, *args,
                  obs_slices: dict[str, Any] | None = None, top_k: int = 0, n_nodes: int = 0,
                  context_arch: list[int] | None = None, score_arch: list[int] | None = None,
-                 score_activation_fn: type[nn.Module] = nn.ReLU, **kwargs):
+                 score_activation_fn: type[nn.Module] = nn.ReLU, features_version: int = FEATURES_VERSION, **kwargs):
+        if features_version != FEATURES_VERSION:
+            raise ValueError(f"this NodeSetPolicy was saved with candidate features version {features_version}; "
+                             f"this code computes version {FEATURES_VERSION}: retrain the model")
+        if not (isinstance(score_activation_fn, type) and issubclass(score_activation_fn, nn.Module)):
+            raise ValueError(f"score_activation_fn must be a torch.nn module class such as nn.ReLU, got "
+                             f"{score_activation_fn!r}")
+        for name, arch in (("context_arch", context_arch), ("score_arch", score_arch)):
+            _check_layers(name, arch, allow_empty=name == "context_arch")
+        net_arch = kwargs.get("net_arch")
+        if isinstance(net_arch, dict) and set(net_arch) - {"vf"}:
+            raise ValueError(f"NodeSetPolicy's net_arch gives the value network only (a list, or dict(vf=[...])); "
+                             f"the actor is context_arch and score_arch; got net_arch={net_arch!r}")
+        _check_layers("net_arch", net_arch.get("vf") if isinstance(net_arch, dict) else net_arch, allow_empty=True)
         if not obs_slices or not {"slot_error", "node_cost", "node_feasible"} <= set(obs_slices):
             raise ValueError("NodeSetPolicy needs obs_slices with slot_error, node_cost and node_feasible "
                              "(train.py fills them in; the env needs solo_error_features=True)")
@@ -207,10 +227,11 @@ class NodeSetPolicy(ActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
     def _vf_arch(self) -> list[int]:
+        """The value network's layers: ``net_arch`` (a list, or ``dict(vf=[...])``; ``[]`` is linear)."""
         arch = self.net_arch
         if isinstance(arch, dict):
             return list(arch.get("vf", [64, 64]))
-        return list(arch) if arch else [64, 64]
+        return list(arch) if arch is not None else [64, 64]
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = _Extractor(self.features_dim, self.context_arch, self._vf_arch(), self.activation_fn)
@@ -234,16 +255,27 @@ class NodeSetPolicy(ActorCriticPolicy):
         data = super()._get_constructor_parameters()
         data.update(obs_slices=self.obs_slices, top_k=self.top_k, n_nodes=self.n_nodes,
                     context_arch=self.context_arch, score_arch=self.score_arch,
-                    score_activation_fn=self.score_activation_fn)
+                    score_activation_fn=self.score_activation_fn, features_version=FEATURES_VERSION)
         return data
+
+
+def _check_layers(name: str, arch, allow_empty: bool) -> None:
+    """``ValueError`` naming ``name`` unless ``arch`` is None or a list of positive integers (non-empty unless
+    ``allow_empty``)."""
+    if arch is None:
+        return
+    ok = isinstance(arch, (list, tuple)) and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in arch)
+    if not ok or (not allow_empty and not arch):
+        raise ValueError(f"{name} must be a list of positive layer sizes{'' if allow_empty else ' (at least one)'}, "
+                         f"got {arch!r}")
 
 
 POLICY_NAME = "NodeSetPolicy"
 """The ``policy`` hyperparameter that selects :class:`NodeSetPolicy`."""
 
 ALGOS = ("ppo", "ppo_lag", "a2c")
-HINT = " (--hyperparams policy=MlpPolicy trains a plain MLP policy instead)"
 """The algorithms whose policy is an SB3 ``ActorCriticPolicy`` (MaskablePPO and RecurrentPPO have their own)."""
+HINT = " (--hyperparams policy=MlpPolicy trains the plain MLP policy instead)"
 
 
 def _single_env(env):
@@ -280,17 +312,28 @@ def resolve_policy(algo: str, algo_kwargs: dict[str, Any], env) -> dict[str, Any
     if algo not in ALGOS:
         raise AgentConfigError(f"policy={POLICY_NAME} works with {', '.join(ALGOS)}, not {algo}{HINT}")
     u = _single_env(env)
-    if getattr(u, "obs_mode", "flat") != "flat" or "slot_error" not in getattr(u, "obs_slices", {}):
-        raise AgentConfigError(f"policy={POLICY_NAME} needs obs_mode='flat' and solo_error_features=True "
-                               f"(its slot_error block){HINT}")
+    if getattr(u, "obs_mode", "flat") != "flat":
+        raise AgentConfigError(f"policy={POLICY_NAME} needs obs_mode='flat', this env has "
+                               f"obs_mode={getattr(u, 'obs_mode', None)!r}{HINT}")
+    if "slot_error" not in getattr(u, "obs_slices", {}):
+        raise AgentConfigError(f"policy={POLICY_NAME} needs the slot_error observation block, which "
+                               "solo_error_features=False removes (--env-kwargs \"config={solo_error_features: "
+                               f"true}}\"){HINT}")
     if getattr(u, "action_mode", None) not in ("nodes", "discrete") or not 1 <= int(u.n_nodes) <= MAX_SET_NODES:
         raise AgentConfigError(f"policy={POLICY_NAME} needs action_mode 'nodes' or 'discrete' and 1..{MAX_SET_NODES} "
                                f"edge nodes; this env has action_mode={getattr(u, 'action_mode', None)!r}, "
                                f"num_nodes={getattr(u, 'n_nodes', None)}{HINT}")
     out = dict(algo_kwargs)
+    given = out.get("policy_kwargs")
+    if given is not None and not isinstance(given, dict):
+        raise AgentConfigError(f"policy_kwargs must be a dict(...), got {given!r}")
     try:
-        out["policy_kwargs"] = set_policy_kwargs(u, out.get("policy_kwargs"))
+        out["policy_kwargs"] = set_policy_kwargs(u, given)
     except ValueError as exc:
-        raise AgentConfigError(str(exc)) from None
+        raise AgentConfigError(f"policy_kwargs: {exc} (leave it out: train.py fills it in)") from None
+    try:  # every policy_kwargs value checked now, not when the model is built
+        NodeSetPolicy(u.observation_space, u.action_space, lambda _: 1e-4, **out["policy_kwargs"])
+    except (TypeError, ValueError) as exc:
+        raise AgentConfigError(f"policy_kwargs for {POLICY_NAME}: {' '.join(str(exc).split())}") from None
     out["policy"] = NodeSetPolicy
     return out

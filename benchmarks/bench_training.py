@@ -49,8 +49,21 @@ def setting_of(env_id: str) -> str:
 
 
 def name_of(run: dict) -> str:
-    """The row a run belongs to: its ``--label`` (e.g. ``ppo (MlpPolicy)``), else its algorithm."""
-    return run.get("label") or run["algo"]
+    """The row a run belongs to: its ``--label``, else ``<algo> (<policy>)`` (runs saved before the policy was
+    recorded trained ``MlpPolicy``)."""
+    return run.get("label") or f"{run['algo']} ({run.get('policy', 'MlpPolicy')})"
+
+
+def policy_of(algo: str, env_id: str, overrides) -> str:
+    """The ``policy`` a run of ``algo`` on ``env_id`` trains with: the YAML's, or ``--hyperparams``'s."""
+    from agents.hyperparams import resolve_hyperparams, split_hyperparams
+
+    _, kwargs = split_hyperparams(algo, resolve_hyperparams(algo, env_id, list(overrides)))
+    return str(kwargs["policy"])
+
+
+def row_name(algo: str, env_id: str, args) -> str:
+    return args.label or f"{algo} ({policy_of(algo, env_id, args.hyperparams)})"
 
 
 def run_one(env_id: str, algo: str, seed: int, args) -> dict:
@@ -64,7 +77,8 @@ def run_one(env_id: str, algo: str, seed: int, args) -> dict:
         baselines=["siftmoe", "topk"], threads=args.threads, print_table=False, hyperparams=list(args.hyperparams),
     )
     curve = [{k: h.get(k) for k in CURVE_KEYS} for h in res.history]
-    return {"env_id": env_id, "algo": algo, "label": args.label or algo, "seed": seed, "steps": res.timesteps,
+    return {"env_id": env_id, "algo": algo, "policy": policy_of(algo, env_id, args.hyperparams),
+            "label": row_name(algo, env_id, args), "seed": seed, "steps": res.timesteps,
             "wall_s": time.perf_counter() - t0, "run_dir": str(res.run_dir), "curve": curve}
 
 
@@ -249,14 +263,14 @@ def check_plan(p, args) -> None:
                 check_compatible(algo, space, env_id)
             except AgentConfigError as exc:
                 p.error(f"--algos: {exc}")
-            try:  # every run's hyperparameters, the overrides included, before any training
-                from agents.hyperparams import resolve_hyperparams, split_hyperparams
-                from agents.set_policy import resolve_policy
+            try:  # every run's model built once with its hyperparameters, the overrides included, before any training
+                from agents import make_agent
 
-                _, kwargs = split_hyperparams(algo, resolve_hyperparams(algo, env_id, list(args.hyperparams)))
-                resolve_policy(algo, kwargs, gym.make(env_id))
+                make_agent(algo, gym.make(env_id), seed=0, hyperparams=list(args.hyperparams), env_id=env_id)
             except AgentConfigError as exc:
                 p.error(f"--hyperparams: {env_id} {algo}: {exc}")
+            except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
+                p.error(f"--hyperparams: {env_id} {algo}: cannot build the model: {' '.join(str(exc).split())}")
 
 
 MARK_BEGIN = "<!-- bench_training:begin -->"
@@ -343,7 +357,7 @@ def main(argv=None) -> int:
             done = {(r["env_id"], name_of(r), r["seed"]) for r in runs}
             # seed-major: a stopped benchmark has every (setting, algorithm) with fewer seeds, not some without any
             todo = [(e, a, s) for s in args.seeds for e in args.envs for a in args.algos
-                    if (e, args.label or a, s) not in done]
+                    if (e, row_name(a, e, args), s) not in done]
             for env_id, algo, seed in todo:
                 r = run_one(env_id, algo, seed, args)
                 runs.append(r)

@@ -20,7 +20,6 @@ how much is lost by deciding token by token at the step's own costs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -83,8 +82,10 @@ def per_token(env_id: str, episodes: int) -> dict:
             "excess_violation_rate": mine["any_violation_rate"] - opt["any_violation_rate"]}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _body(argv=None) -> int:
+    from siftmoe_gym.cli import OneLineParser
+
+    p = OneLineParser(prog="diagnose_agent.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="a saved agent (.zip with its .json beside it)")
     p.add_argument("--per-token", metavar="ENV_ID", help="play the per-token optimum instead of an agent")
     p.add_argument("--episodes", type=int, default=8, help="evaluation episodes (the training evaluation's seeds)")
@@ -98,8 +99,20 @@ def main(argv=None) -> int:
         return 0
     if not args.model.is_file():
         p.error(f"--model: {args.model} is not a file")
-    print(json.dumps(diagnose(args.model, args.episodes), indent=1))
+    from agents.algos import AgentConfigError
+
+    try:
+        result = diagnose(args.model, args.episodes)
+    except AgentConfigError as exc:  # e.g. a model saved by another version of the policy
+        p.error(f"--model: {exc}")
+    print(json.dumps(result, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("diagnose_agent.py", lambda: _body(argv))
 
 
 if __name__ == "__main__":

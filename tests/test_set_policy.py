@@ -47,7 +47,7 @@ def test_candidate_error_is_the_least_error_of_each_feasible_node_set(env_id):
         obs, _ = env.reset(seed=seed)
         for _ in range(12):
             ins = u.instance
-            cand = feats(th.as_tensor(obs)[None])[0].numpy()  # (2**M, 5)
+            cand = feats(th.as_tensor(obs)[None])[0].numpy()  # (2**M, 6)
             for idx in range(2 ** m):
                 members = {b + 1 for b in range(m) if idx >> b & 1}
                 allowed = {0} | {x for x in members if ins.node_feasible[x]}
@@ -55,11 +55,13 @@ def test_candidate_error_is_the_least_error_of_each_feasible_node_set(env_id):
                 if ref < SOLO_CLIP / 2:  # clipped terms aside
                     assert cand[idx, 0] == pytest.approx(ref, rel=1e-4, abs=1e-5)
                     assert cand[idx, 1] == pytest.approx(max(ref - 1.0, 0.0), rel=1e-4, abs=1e-5)
+                    if abs(ref - 1.0) > 1e-4:
+                        assert cand[idx, 2] == float(ref <= 1.0)
                     checked += 1
                 cost = sum(obs[u.obs_slices["node_cost"]][x - 1] for x in members)
-                assert cand[idx, 2] == pytest.approx(cost, rel=1e-5, abs=1e-6)
-                assert cand[idx, 3] == sum(not ins.node_feasible[x] for x in members)
-                assert cand[idx, 4] == pytest.approx(len(members) / m)
+                assert cand[idx, 3] == pytest.approx(cost, rel=1e-5, abs=1e-6)
+                assert cand[idx, 4] == sum(not ins.node_feasible[x] for x in members)
+                assert cand[idx, 5] == pytest.approx(len(members) / m)
             obs, *_ = env.step(env.action_space.sample())
     assert checked > 100
 
@@ -78,13 +80,13 @@ def test_the_optimums_node_set_is_the_cheapest_candidate_within_the_budget():
         done = False
         while not done:
             cand = feats(th.as_tensor(obs)[None])[0].numpy()
-            ok = (cand[:, 0] <= 1.0 + 1e-6) & (cand[:, 3] == 0)
+            ok = (cand[:, 2] == 1.0) & (cand[:, 4] == 0)
             best = u.encode_action(solve_decode(u.instance).assignment)
             idx = int(sum(int(b) << i for i, b in enumerate(best)))
             if ok.any():
                 total += 1
-                cheapest = cand[ok, 2].min()
-                agree += bool(ok[idx]) and cand[idx, 2] <= cheapest + 1e-5
+                cheapest = cand[ok, 3].min()
+                agree += bool(ok[idx]) and cand[idx, 3] <= cheapest + 1e-5
             obs, _, term, trunc, _ = env.step(best)
             done = term or trunc
     assert total > 200 and agree / total > 0.97, (agree, total)
@@ -159,3 +161,29 @@ def test_train_py_refuses_the_policy_for_maskable_ppo_in_one_line():
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.strip().splitlines() if "Warning" not in ln and ln.strip()]
     assert lines[-1].startswith("train.py: error:") and "NodeSetPolicy" in lines[-1] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("pk, msg", [
+    (5, "must be a dict"),
+    ({"score_arch": [-3]}, "score_arch must be a list of positive"),
+    ({"score_arch": []}, "at least one"),
+    ({"context_arch": [0]}, "context_arch"),
+    ({"score_activation_fn": "relu"}, "score_activation_fn"),
+    ({"net_arch": {"pi": [7]}}, "value network only"),
+    ({"net_arch": [-1]}, "net_arch"),
+    ({"bogus": 1}, "bogus"),
+])
+def test_bad_policy_kwargs_are_refused_before_training(pk, msg):
+    env = gym.make("siftmoe_gym/Decode-v0")
+    with pytest.raises(AgentConfigError, match=msg):
+        resolve_policy("ppo", {"policy": "NodeSetPolicy", "policy_kwargs": pk}, env)
+
+
+def test_a_model_saved_with_other_candidate_features_is_refused(tmp_path):
+    from agents.set_policy import FEATURES_VERSION
+
+    env = gym.make("siftmoe_gym/Decode-v0")
+    kw = set_policy_kwargs(env, None)
+    with pytest.raises(ValueError, match="retrain"):
+        NodeSetPolicy(env.observation_space, env.action_space, lambda _: 1e-4, features_version=FEATURES_VERSION - 1,
+                      **kw)
