@@ -85,13 +85,13 @@ def train_unit(env_id: str, algo: str, seed: int, logdir: str, train_kwargs: dic
     return row
 
 
-def _action_space(env_id: str, env_kwargs: dict[str, Any]):
-    """The action space of ``env_id`` built with ``env_kwargs`` (which the env checks), or AgentConfigError."""
+def _env(env_id: str, env_kwargs: dict[str, Any]):
+    """``env_id`` built with ``env_kwargs`` (which the env checks), or AgentConfigError."""
     from .algos import AgentConfigError
     from .envs import make_env
 
     try:
-        return make_env(env_id, env_kwargs).action_space
+        return make_env(env_id, env_kwargs)
     except AgentConfigError:
         raise
     except Exception as exc:
@@ -109,6 +109,7 @@ def check_train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str, l
     from .evaluation import check_baselines
     from .hyperparams import resolve_hyperparams, split_hyperparams
     from .runio import slug
+    from .set_policy import resolve_policy
 
     algos = [canonical_algo(a) for a in algos]
     seeds = list(seeds)
@@ -122,10 +123,10 @@ def check_train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str, l
         if twice:
             raise AgentConfigError(f"{name}: {', '.join(map(str, twice))} given twice (one run folder each)")
     env_kwargs = dict(train_kwargs.get("env_kwargs") or {})
-    space = _action_space(env_id, env_kwargs)
+    env = _env(env_id, env_kwargs)
     for a in algos:
-        check_compatible(a, space, env_id)
-        split_hyperparams(a, resolve_hyperparams(a, env_id, train_kwargs.get("hyperparams")))
+        check_compatible(a, env.action_space, env_id)
+        resolve_policy(a, split_hyperparams(a, resolve_hyperparams(a, env_id, train_kwargs.get("hyperparams")))[1], env)
     check_baselines(train_kwargs.get("baselines"), env_setting(env_id), env_id)
     for name in ("steps", "n_envs", "eval_episodes", "eval_freq", "checkpoint_freq"):
         v = train_kwargs.get(name)
@@ -495,11 +496,12 @@ def check_tune(env_id: str, algo: str, hyperparams: dict[str, Any], env_kwargs: 
     """Check a Tune search's fixed settings before Ray starts (env, algorithm, hyperparameters, env kwargs)."""
     from .algos import canonical_algo, check_compatible
     from .hyperparams import resolve_hyperparams, split_hyperparams
+    from .set_policy import resolve_policy
 
     algo = canonical_algo(algo)
-    space = _action_space(env_id, env_kwargs)
-    check_compatible(algo, space, env_id)
-    split_hyperparams(algo, resolve_hyperparams(algo, env_id, hyperparams))
+    env = _env(env_id, env_kwargs)
+    check_compatible(algo, env.action_space, env_id)
+    resolve_policy(algo, split_hyperparams(algo, resolve_hyperparams(algo, env_id, hyperparams))[1], env)
 
 
 if __name__ == "__main__":

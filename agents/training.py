@@ -465,8 +465,8 @@ def check_spaces(model, env, path, env_id: str) -> None:
     for what in ("action_space", "observation_space"):
         mine, theirs = getattr(model, what), getattr(env, what)
         if mine != theirs:
-            raise AgentConfigError(f"{path} was not trained for {env_id} (its metadata says so): its {what.replace('_', ' ')} "
-                                   f"is {mine}, the environment's {theirs}")
+            raise AgentConfigError(f"{path} does not fit {env_id} as this version builds it: its {what.replace('_', ' ')} "
+                                   f"is {mine}, the environment's {theirs} (another env, or an older observation)")
 
 
 RESUMABLE = ("learning_rate", "ent_coef", "clip_range", "n_epochs", "batch_size", "gamma", "exploration_final_eps",

@@ -271,7 +271,7 @@ def test_evaluate_refuses_a_model_trained_for_other_spaces(tmp_path, capsys):
     from agents.cli import main
 
     rc = main(["evaluate", "--model", str(path), "--episodes", "1"])
-    _one_line_error(capsys, rc, "train.py", "was not trained for siftmoe_gym/DecodeDiscrete-v0")
+    _one_line_error(capsys, rc, "train.py", "does not fit siftmoe_gym/DecodeDiscrete-v0")
     assert not (tmp_path / "ev").exists() and not (tmp_path / "evaluate_model").exists()
     rc = main(["evaluate", "--model", str(path), "--eval-seed", "-3"])
     _one_line_error(capsys, rc, "train.py", "--eval-seed must be >= 0")
