@@ -130,13 +130,18 @@ def pct(triple, digits=1, n=2) -> str:
     return f"{100 * m:.{digits}f} [{100 * lo:.{digits}f}, {100 * hi:.{digits}f}]"
 
 
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "(not recorded)"
+
+
 def to_markdown(runs, meta) -> str:
     cmds = meta.get("commands") or [meta["command"]]
     lines = [
         "Commands (each wrote one result file; the last merged them into this table): " +
         "; ".join(f"`{c}`" for c in cmds) + "  ",
-        f"Machine: {meta['machine']}; torch threads {meta['threads']}; evaluation every {meta['eval_freq']:,} steps "
-        f"on {meta['eval_episodes']} seeded episodes (the same for every run).",
+        f"Machine: {meta.get('machine', '(not recorded)')}; torch threads {meta.get('threads', '(not recorded)')}; "
+        f"evaluation every {_count(meta.get('eval_freq'))} steps on {meta.get('eval_episodes', '(not recorded)')} "
+        "seeded episodes (the same for every run).",
         "",
         "| setting | algorithm | seeds | steps | final regret % (95% CI) | excess viol. % (95% CI) | score | feasible runs | target (regret, excess <= 1%) | wall per run (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -263,10 +268,17 @@ def check_plan(p, args) -> None:
                 check_compatible(algo, space, env_id)
             except AgentConfigError as exc:
                 p.error(f"--algos: {exc}")
+            if args.report_only:
+                continue
             try:  # every run's model built once with its hyperparameters, the overrides included, before any training
                 from agents import make_agent
+                from agents.envs import make_vec_env
+                from agents.hyperparams import resolve_hyperparams, split_hyperparams
 
-                make_agent(algo, gym.make(env_id), seed=0, hyperparams=list(args.hyperparams), env_id=env_id)
+                trainer, _ = split_hyperparams(algo, resolve_hyperparams(algo, env_id, list(args.hyperparams)))
+                venv = make_vec_env(env_id, algo, int(trainer.get("n_envs", 8)), 0)
+                make_agent(algo, venv, seed=0, hyperparams=list(args.hyperparams), env_id=env_id)
+                venv.close()
             except AgentConfigError as exc:
                 p.error(f"--hyperparams: {env_id} {algo}: {exc}")
             except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
