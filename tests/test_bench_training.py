@@ -51,3 +51,18 @@ def test_rows_are_named_by_algorithm_and_policy(tmp_path):
     table = (tmp_path / "new.md").read_text()
     assert "| Decode-v0 | ppo (MlpPolicy) | 1 |" in table and "| Decode-v0 | ppo (NodeSetPolicy) | 1 |" in table
     assert (tmp_path / "new.png").is_file()
+
+
+@pytest.mark.parametrize("script, args, msg", [
+    ("reward_terms.py", ["--model", "/nonexistent.zip"], "--model"),
+    ("reward_terms.py", ["--model", __file__, "--episodes", "0"], "--episodes"),
+    ("diagnose_agent.py", ["--episodes", "0"], "--episodes"),
+    ("imitation_ceiling.py", ["--samples", "0"], "--samples"),
+    ("imitation_ceiling.py", ["--seed", "-1"], "--seed"),
+    ("bench_policy_speed.py", ["--repeat", "0"], "--repeat"),
+])
+def test_diagnostic_scripts_refuse_bad_input_in_one_line(script, args, msg):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert r.stderr.startswith(f"{script}: error:") and msg in r.stderr
