@@ -106,3 +106,11 @@ def test_fastfading_feasibility_uses_the_layer_averages():
     assert rows["siftmoe"]["feasible"] and rows["siftmoe"]["average_within_budget"]
     assert not rows["dpp-1000"]["average_within_budget"] and not rows["dpp-1000"]["feasible"]
     assert rows["dpp-1000"]["score"] < 1.0
+
+
+def test_a_row_that_ties_the_optimum_is_not_ranked_above_it():
+    rows = [{"policy": "ppo (best)", "score": 1.0, "feasible": True},
+            {"policy": "siftmoe", "score": 1.0, "feasible": True},
+            {"policy": "ppo (final)", "score": 0.99, "feasible": True},
+            {"policy": "skip", "score": 1.2, "feasible": False}]
+    assert [r["policy"] for r in ranked(rows)] == ["siftmoe", "ppo (best)", "ppo (final)", "skip"]
