@@ -261,10 +261,15 @@ def comparison_rows(
         summary = cache.get(name)
         if summary is not None:
             rows.append({"policy": name, **relative_metrics(summary, reference)})
-    topk = cache.get(TOPK) if TOPK in names else None
+    return saving_vs_topk(rows)
+
+
+def saving_vs_topk(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with every ``saving_pct`` against the ``topk`` row's energy on the same episodes (in Prefill a
+    step's own top-k reference depends on the loads the policy left, so the evaluator's per-policy saving
+    would not compare); unchanged without a ``topk`` row of positive energy."""
+    topk = next((r for r in rows if r.get("policy") == TOPK), None)
     if topk is not None and topk["energy_per_token_j"] > 0:
-        # against the top-k policy's energy on the same episodes (in Prefill a step's own top-k reference
-        # depends on the loads the policy left, so the evaluator's per-policy saving would not compare)
         for r in rows:
             r["saving_pct"] = 100.0 * (1.0 - r["energy_per_token_j"] / topk["energy_per_token_j"])
     return rows

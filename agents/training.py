@@ -33,7 +33,8 @@ from .callbacks import (
     rollout_steps, tensorboard_logger,
 )
 from .envs import ensure_registered, env_setting, make_baseline_env, make_env, make_vec_env
-from .evaluation import DEFAULT_EVAL_SEED_BASE, BaselineCache, check_baselines, comparison_rows, eval_seeds, evaluate
+from .evaluation import (DEFAULT_EVAL_SEED_BASE, BaselineCache, check_baselines, comparison_rows, eval_seeds, evaluate,
+                         saving_vs_topk)
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
 from .models import load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
 from .policy import AgentPolicy
@@ -369,7 +370,7 @@ def final_comparison(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, cach
     best = eval_cb.best
     has_best = best is not None and eval_cb.last is not None and best["timesteps"] != eval_cb.last["timesteps"]
     if has_best:
-        rows.insert(1, {"policy": f"{plan.algo} (best, {int(best['timesteps']):,} steps)", **best})
+        rows = saving_vs_topk(rows[:1] + [{"policy": f"{plan.algo} (best, {int(best['timesteps']):,} steps)", **best}] + rows[1:])
     which = ("(final): final_model.zip; (best): best_model.zip, the best evaluation so far" if has_best else
              "(final): final_model.zip, also the best evaluation (best_model.zip)")
     title = (f"{plan.env_id}: {plan.spec.class_name} after {model.num_timesteps:,} steps ({which}), "

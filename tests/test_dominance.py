@@ -114,3 +114,16 @@ def test_a_row_that_ties_the_optimum_is_not_ranked_above_it():
             {"policy": "ppo (final)", "score": 0.99, "feasible": True},
             {"policy": "skip", "score": 1.2, "feasible": False}]
     assert [r["policy"] for r in ranked(rows)] == ["siftmoe", "ppo (best)", "ppo (final)", "skip"]
+
+
+def test_every_row_saves_against_the_same_topk_energy():
+    """The '(best)' row a training run adds comes from the evaluation history; its saving is recomputed against the
+    top-k row's energy like every other row's (a per-policy top-k reference would not compare in Prefill)."""
+    from agents.evaluation import saving_vs_topk
+
+    rows = [{"policy": "ppo (final)", "energy_per_token_j": 0.5, "saving_pct": 71.0},
+            {"policy": "ppo (best)", "energy_per_token_j": 0.5, "saving_pct": 52.0},
+            {"policy": "topk", "energy_per_token_j": 2.0, "saving_pct": 0.0}]
+    out = saving_vs_topk(rows)
+    assert [r["saving_pct"] for r in out] == [75.0, 75.0, 0.0]
+    assert saving_vs_topk([{"policy": "a", "energy_per_token_j": 1.0, "saving_pct": 3.0}])[0]["saving_pct"] == 3.0
