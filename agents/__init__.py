@@ -35,6 +35,31 @@ def make_agent(algo: str, env, seed: int | None = None, hyperparams=None, env_id
     return spec.load_class()(env=env, seed=seed, device=device, **algo_kwargs)
 
 
+def check_builds(algo: str, env_id: str, hyperparams=None, env_kwargs=None) -> None:
+    """Build the agent once, as a run would (its vector env with the YAML's ``n_envs``, then the model), and
+    close it: :class:`AgentConfigError` naming the cause when the environment, SB3 or the policy refuses the
+    settings.  For checks of a whole sweep before its first run trains."""
+    from .envs import make_vec_env
+
+    spec = get_algo(algo)
+    trainer, _ = split_hyperparams(spec.name, resolve_hyperparams(spec.name, env_id, hyperparams))
+    try:
+        venv = make_vec_env(env_id, spec.name, int(trainer.get("n_envs") or 8), 0, env_kwargs)
+    except AgentConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise AgentConfigError(f"{env_id} refuses the env kwargs {env_kwargs}: {' '.join(str(exc).split())}") from None
+    try:
+        make_agent(spec.name, venv, seed=0, hyperparams=hyperparams, env_id=env_id)
+    except AgentConfigError:
+        raise
+    except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
+        raise AgentConfigError(f"cannot build {spec.class_name} with these hyperparameters: "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    finally:
+        venv.close()
+
+
 def __getattr__(name):  # lazy: training pulls in the environments and baselines
     if name in ("train", "evaluate_saved", "load_agent", "TrainResult"):
         from . import training
@@ -44,7 +69,7 @@ def __getattr__(name):  # lazy: training pulls in the environments and baselines
 
 
 __all__ = [
-    "ALGOS", "AgentConfigError", "AgentPolicy", "NodeActionMasker", "NodeSetPolicy", "canonical_algo", "check_compatible",
+    "ALGOS", "AgentConfigError", "AgentPolicy", "check_builds", "NodeActionMasker", "NodeSetPolicy", "canonical_algo", "check_compatible",
     "evaluate_saved", "get_algo", "load_agent", "load_hyperparams", "make_agent", "node_action_mask",
     "parse_overrides", "resolve_hyperparams", "split_hyperparams", "train",
 ]

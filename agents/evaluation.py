@@ -194,12 +194,13 @@ def relative_metrics(summary: dict[str, Any], reference: dict[str, Any] | None) 
 
 
 def ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` as a leaderboard: feasible rows first, each group by score (highest first; at an equal score the
-    reference ``siftmoe`` first, so no row is shown above the optimum it only ties; otherwise stable)."""
+    """``rows`` as a leaderboard: feasible rows first, each group by score (highest first; at an equal score, to
+    9 decimals, the reference ``siftmoe`` first, so no row is shown above the optimum it only ties; otherwise
+    stable)."""
     def key(r):
         s = r.get("score", math.nan)
-        return (not r.get("feasible", False), -s if isinstance(s, (int, float)) and math.isfinite(s) else math.inf,
-                r.get("policy") != "siftmoe")
+        finite = isinstance(s, (int, float)) and math.isfinite(s)
+        return (not r.get("feasible", False), -round(s, 9) if finite else math.inf, r.get("policy") != "siftmoe")
 
     return sorted(rows, key=key)
 

@@ -33,6 +33,35 @@ def load_agent(model_path: str | os.PathLike, device: str = "cpu"):
     return model, meta
 
 
+def load_agent_and_env(model_path: str | os.PathLike, device: str = "cpu"):
+    """``(model, metadata, env)``: a saved agent and the environment its metadata names, built and checked to fit
+    the model's spaces; :class:`AgentConfigError` (one line) for anything that does not load, build or fit."""
+    import gymnasium as gym
+
+    from .envs import make_env
+
+    model, meta = load_agent(model_path, device)
+    try:
+        env = make_env(meta["env_id"], meta.get("env_kwargs") or {})
+    except AgentConfigError:
+        raise
+    except (TypeError, ValueError, KeyError, gym.error.Error) as exc:
+        raise AgentConfigError(f"{model_path}: its metadata's environment cannot be built: {type(exc).__name__}: "
+                               f"{' '.join(str(exc).split())}") from None
+    check_spaces(model, env, model_path, meta["env_id"])
+    return model, meta, env
+
+
+def check_spaces(model, env, path, env_id: str) -> None:
+    """:class:`AgentConfigError` unless ``model`` acts and observes in ``env``'s spaces (a model labelled with
+    another environment in its metadata would otherwise be evaluated on a wrong env without a word)."""
+    for what in ("action_space", "observation_space"):
+        mine, theirs = getattr(model, what), getattr(env, what)
+        if mine != theirs:
+            raise AgentConfigError(f"{path} does not fit {env_id} as this version builds it: its {what.replace('_', ' ')} "
+                                   f"is {mine}, the environment's {theirs} (another env, or an older observation)")
+
+
 class LoadedAgent:
     """A saved SB3 model plus what is known about the environment it was trained on."""
 

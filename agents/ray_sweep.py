@@ -107,9 +107,8 @@ def check_train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str, l
     from .algos import AgentConfigError, canonical_algo, check_compatible
     from .envs import env_setting
     from .evaluation import check_baselines
-    from .hyperparams import resolve_hyperparams, split_hyperparams
     from .runio import slug
-    from .set_policy import resolve_policy
+    from . import check_builds
 
     algos = [canonical_algo(a) for a in algos]
     seeds = list(seeds)
@@ -126,7 +125,7 @@ def check_train_sweep(algos: Iterable[str], seeds: Iterable[int], env_id: str, l
     env = _env(env_id, env_kwargs)
     for a in algos:
         check_compatible(a, env.action_space, env_id)
-        resolve_policy(a, split_hyperparams(a, resolve_hyperparams(a, env_id, train_kwargs.get("hyperparams")))[1], env)
+        check_builds(a, env_id, train_kwargs.get("hyperparams"), env_kwargs)  # every run's model, before the first trains
     check_baselines(train_kwargs.get("baselines"), env_setting(env_id), env_id)
     for name in ("steps", "n_envs", "eval_episodes", "eval_freq", "checkpoint_freq"):
         v = train_kwargs.get(name)
@@ -495,13 +494,12 @@ def _main(argv: list[str] | None) -> int:
 def check_tune(env_id: str, algo: str, hyperparams: dict[str, Any], env_kwargs: dict[str, Any]) -> None:
     """Check a Tune search's fixed settings before Ray starts (env, algorithm, hyperparameters, env kwargs)."""
     from .algos import canonical_algo, check_compatible
-    from .hyperparams import resolve_hyperparams, split_hyperparams
-    from .set_policy import resolve_policy
+    from . import check_builds
 
     algo = canonical_algo(algo)
     env = _env(env_id, env_kwargs)
     check_compatible(algo, env.action_space, env_id)
-    resolve_policy(algo, split_hyperparams(algo, resolve_hyperparams(algo, env_id, hyperparams))[1], env)
+    check_builds(algo, env_id, hyperparams, env_kwargs)  # the model, with the fixed settings, before Ray starts
 
 
 if __name__ == "__main__":

@@ -194,8 +194,9 @@ class NodeSetPolicy(ActorCriticPolicy):
                  context_arch: list[int] | None = None, score_arch: list[int] | None = None,
                  score_activation_fn: type[nn.Module] = nn.ReLU, features_version: int = FEATURES_VERSION, **kwargs):
         if features_version != FEATURES_VERSION:
-            raise ValueError(f"this NodeSetPolicy was saved with candidate features version {features_version}; "
-                             f"this code computes version {FEATURES_VERSION}: retrain the model")
+            raise ValueError(f"features_version={features_version!r}: this code computes candidate features version "
+                             f"{FEATURES_VERSION} (a model saved with another version must be retrained; leave the "
+                             "key out otherwise)")
         if not (isinstance(score_activation_fn, type) and issubclass(score_activation_fn, nn.Module)):
             raise ValueError(f"score_activation_fn must be a torch.nn module class such as nn.ReLU, got "
                              f"{score_activation_fn!r}")
@@ -295,7 +296,7 @@ def set_policy_kwargs(env, policy_kwargs: dict[str, Any] | None) -> dict[str, An
     out = dict(policy_kwargs or {})
     for key, value in found.items():
         if key in out and out[key] != value:
-            raise ValueError(f"policy_kwargs {key}={out[key]!r} does not match the environment's {value!r}")
+            raise ValueError(f"{key}={out[key]!r} does not match the environment's {value!r}")
         out[key] = value
     return out
 
@@ -310,11 +311,13 @@ def resolve_policy(algo: str, algo_kwargs: dict[str, Any], env) -> dict[str, Any
     if algo_kwargs.get("policy") != POLICY_NAME:
         return algo_kwargs
     if algo not in ALGOS:
-        raise AgentConfigError(f"policy={POLICY_NAME} works with {', '.join(ALGOS)}, not {algo}{HINT}")
+        raise AgentConfigError(f"policy={POLICY_NAME} works with {', '.join(ALGOS)}, not {algo} (leave the policy "
+                               f"out for {algo}'s own)")
     u = _single_env(env)
     if getattr(u, "obs_mode", "flat") != "flat":
         raise AgentConfigError(f"policy={POLICY_NAME} needs obs_mode='flat', this env has "
-                               f"obs_mode={getattr(u, 'obs_mode', None)!r}{HINT}")
+                               f"obs_mode={getattr(u, 'obs_mode', None)!r} (--hyperparams policy=MultiInputPolicy "
+                               "trains an MLP on the Dict observation)")
     if "slot_error" not in getattr(u, "obs_slices", {}):
         raise AgentConfigError(f"policy={POLICY_NAME} needs the slot_error observation block, which "
                                "solo_error_features=False removes (--env-kwargs \"config={solo_error_features: "

@@ -36,9 +36,9 @@ from .envs import ensure_registered, env_setting, make_baseline_env, make_env, m
 from .evaluation import (DEFAULT_EVAL_SEED_BASE, BaselineCache, check_baselines, comparison_rows, eval_seeds, evaluate,
                          saving_vs_topk)
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
-from .models import load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
+from .models import check_spaces, load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
 from .policy import AgentPolicy
-from .set_policy import resolve_policy
+from .set_policy import NodeSetPolicy, resolve_policy
 from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
@@ -256,6 +256,10 @@ def build_envs(plan: RunPlan):
                                f"{exc}") from None
     check_compatible(plan.algo, eval_env.action_space, plan.env_id)
     plan.algo_kwargs = resolve_policy(plan.algo, plan.algo_kwargs, eval_env)
+    if (plan.algo_kwargs.get("policy") is NodeSetPolicy and isinstance(plan.wrapper, type)
+            and issubclass(plan.wrapper, gym.ObservationWrapper)):
+        raise AgentConfigError(f"policy=NodeSetPolicy reads the observation's blocks as the env writes them; "
+                               f"env_wrapper={plan.wrapper.__name__} changes them (leave one of the two out)")
     venv = make_vec_env(plan.env_id, plan.algo, plan.n_envs, plan.seed, plan.env_kwargs, plan.vec, plan.wrapper)
     return venv, eval_env
 
@@ -458,16 +462,6 @@ def train(
     best_path = plan.run_dir / "best_model.zip"
     return TrainResult(plan.run_dir, final_path, best_path if best_path.is_file() else None, rows, eval_cb.history,
                        files, int(model.num_timesteps), eval_cb.wall_s())
-
-
-def check_spaces(model, env, path, env_id: str) -> None:
-    """:class:`AgentConfigError` unless ``model`` acts and observes in ``env``'s spaces (a model labelled with
-    another environment in its metadata would otherwise be evaluated on a wrong env without a word)."""
-    for what in ("action_space", "observation_space"):
-        mine, theirs = getattr(model, what), getattr(env, what)
-        if mine != theirs:
-            raise AgentConfigError(f"{path} does not fit {env_id} as this version builds it: its {what.replace('_', ' ')} "
-                                   f"is {mine}, the environment's {theirs} (another env, or an older observation)")
 
 
 RESUMABLE = ("learning_rate", "ent_coef", "clip_range", "n_epochs", "batch_size", "gamma", "exploration_final_eps",

@@ -12,6 +12,7 @@ second of ``learn()`` (median over rounds) and their ratio.  Torch runs on ``--t
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
             gym.spec(args.env)
         except gym.error.Error as exc:
             p.error(f"--env: {exc}")
+        if not args.env.startswith("siftmoe_gym/"):
+            p.error(f"--env: {args.env} is not a siftmoe_gym environment (NodeSetPolicy acts on node sets)")
         torch.set_num_threads(args.threads)
         models = {}
         for name, hp in POLICIES.items():
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 model.learn(args.timesteps, reset_num_timesteps=False)
                 rates[name].append(args.timesteps / (time.perf_counter() - t0))
-        med = {name: sorted(r)[len(r) // 2] for name, r in rates.items()}
+        med = {name: statistics.median(r) for name, r in rates.items()}
         print(f"{args.env}, PPO with ppo.yml's settings, {args.timesteps:,} steps x {args.repeat} rounds, "
               f"torch threads {args.threads}")
         for name in POLICIES:
@@ -69,7 +72,9 @@ def main(argv=None) -> int:
         print(f"  NodeSetPolicy / MlpPolicy: {med['NodeSetPolicy'] / med['MlpPolicy']:.2f}")
         return 0
 
-    return run_main("bench_policy_speed.py", body)
+    from agents.algos import AgentConfigError
+
+    return run_main("bench_policy_speed.py", body, errors=(AgentConfigError,))
 
 
 if __name__ == "__main__":

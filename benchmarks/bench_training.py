@@ -20,7 +20,6 @@ figure from the JSON file(s) given with ``--merge`` (runs of several processes).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -271,18 +270,11 @@ def check_plan(p, args) -> None:
             if args.report_only:
                 continue
             try:  # every run's model built once with its hyperparameters, the overrides included, before any training
-                from agents import make_agent
-                from agents.envs import make_vec_env
-                from agents.hyperparams import resolve_hyperparams, split_hyperparams
+                from agents import check_builds
 
-                trainer, _ = split_hyperparams(algo, resolve_hyperparams(algo, env_id, list(args.hyperparams)))
-                venv = make_vec_env(env_id, algo, int(trainer.get("n_envs", 8)), 0)
-                make_agent(algo, venv, seed=0, hyperparams=list(args.hyperparams), env_id=env_id)
-                venv.close()
+                check_builds(algo, env_id, list(args.hyperparams))
             except AgentConfigError as exc:
                 p.error(f"--hyperparams: {env_id} {algo}: {exc}")
-            except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
-                p.error(f"--hyperparams: {env_id} {algo}: cannot build the model: {' '.join(str(exc).split())}")
 
 
 MARK_BEGIN = "<!-- bench_training:begin -->"
@@ -359,9 +351,9 @@ def main(argv=None) -> int:
                 meta, runs = load_results(jpath)
             except (OSError, ValueError) as exc:
                 p.error(f"--out: {jpath}: {exc}")
-            differ = [k for k, v in settings.items() if k in meta and meta[k] != v]
+            differ = [k for k, v in settings.items() if meta.get(k, "(not recorded)") != v]
             if differ and not args.report_only:
-                p.error(f"--out: {jpath} holds runs made with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))} {meta[k]}' for k in differ)}); "
+                p.error(f"--out: {jpath} holds runs made with other settings ({', '.join(f'--{k.replace(chr(95), chr(45))} {meta.get(k, chr(63))}' for k in differ)}); "
                         f"use another --out or the same settings")
         out.parent.mkdir(parents=True, exist_ok=True)
         extra = [r for _, rs in merged for r in rs]

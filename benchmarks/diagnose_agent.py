@@ -32,16 +32,15 @@ if str(ROOT) not in sys.path:
 def diagnose(model_path: Path, episodes: int) -> dict:
     import numpy as np
 
+    from agents.algos import AgentConfigError
     from agents.evaluation import eval_seeds
-    from agents.models import load_agent
-    from agents.envs import make_env
+    from agents.models import load_agent_and_env
     from siftmoe_gym.serving import solve_decode
 
-    model, meta = load_agent(model_path)
-    env = make_env(meta["env_id"], meta.get("env_kwargs") or {})
+    model, meta, env = load_agent_and_env(model_path)
     u = env.unwrapped
     if u.action_mode != "nodes":
-        raise SystemExit(f"diagnose_agent.py: error: {meta['env_id']} acts in {u.action_mode!r}; this compares node sets")
+        raise AgentConfigError(f"{meta['env_id']} acts in {u.action_mode!r}; this compares node sets")
     counts = dict(steps=0, same=0, superset=0, subset=0, other=0, agent_violation=0, avoidable_violation=0)
     for seed in eval_seeds(episodes):
         obs, _ = env.reset(seed=seed)
@@ -70,7 +69,14 @@ def per_token(env_id: str, episodes: int) -> dict:
     from siftmoe_gym.evaluation import CallablePolicy, evaluate_policy
     from siftmoe_gym.serving import solve_decode
 
-    env = make_env(env_id, {"action_mode": "slots"})
+    from agents.algos import AgentConfigError
+
+    try:
+        env = make_env(env_id, {"action_mode": "slots"})
+    except AgentConfigError:
+        raise
+    except Exception as exc:  # not a siftmoe_gym environment, or one that refuses the slots action mode
+        raise AgentConfigError(f"--per-token: {env_id}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
     u = env.unwrapped
     seeds = eval_seeds(episodes)
     mine, _ = evaluate_policy(env, CallablePolicy(lambda obs, info: u.encode_action(solve_decode(u.instance).assignment)),
@@ -94,13 +100,16 @@ def _body(argv=None) -> int:
         p.error(f"--episodes must be >= 1, got {args.episodes}")
     if (args.model is None) == (args.per_token is None):
         p.error("give exactly one of --model and --per-token")
+    from agents.algos import AgentConfigError
+
     if args.per_token is not None:
-        print(json.dumps(per_token(args.per_token, args.episodes), indent=1))
+        try:
+            print(json.dumps(per_token(args.per_token, args.episodes), indent=1))
+        except AgentConfigError as exc:
+            p.error(str(exc))
         return 0
     if not args.model.is_file():
         p.error(f"--model: {args.model} is not a file")
-    from agents.algos import AgentConfigError
-
     try:
         result = diagnose(args.model, args.episodes)
     except AgentConfigError as exc:  # e.g. a model saved by another version of the policy

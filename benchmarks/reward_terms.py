@@ -57,16 +57,14 @@ def _body(argv=None) -> int:
         p.error(f"--model: {args.model} is not a file")
     import baselines
     from agents.algos import AgentConfigError
-    from agents.envs import make_env
     from agents.evaluation import eval_seeds
-    from agents.models import load_agent
+    from agents.models import load_agent_and_env
     from agents.policy import AgentPolicy
 
     try:
-        model, meta = load_agent(args.model)
+        model, meta, env = load_agent_and_env(args.model)
     except AgentConfigError as exc:
         p.error(f"--model: {exc}")
-    env = make_env(meta["env_id"], meta.get("env_kwargs") or {})
     seeds = eval_seeds(args.episodes)
     result = {"env_id": meta["env_id"], "episodes": args.episodes,
               "agent": terms(env, AgentPolicy(model, env), seeds),

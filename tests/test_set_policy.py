@@ -187,3 +187,11 @@ def test_a_model_saved_with_other_candidate_features_is_refused(tmp_path):
     with pytest.raises(ValueError, match="retrain"):
         NodeSetPolicy(env.observation_space, env.action_space, lambda _: 1e-4, features_version=FEATURES_VERSION - 1,
                       **kw)
+
+
+def test_an_observation_wrapper_is_refused_with_the_node_set_policy(tmp_path):
+    from agents.training import train
+
+    with pytest.raises(AgentConfigError, match="env_wrapper=NormalizeObservation"):
+        train(env_id="siftmoe_gym/Decode-v0", algo="ppo", steps=1000, logdir=tmp_path, progress_bar=False,
+              print_table=False, hyperparams={"env_wrapper": "gymnasium.wrappers.NormalizeObservation"})
