@@ -171,9 +171,7 @@ def plot(runs, path: Path) -> None:
     g = groups(runs)
     settings = [k for k in TARGETS if any(setting_of(e) == k for e, _ in g)]  # one column per setting
     lines = sorted(g, key=lambda ea: (ea[1], ea[0]))
-    labels = {ea: ea[1] if ea[0].endswith(f"{setting_of(ea[0])}-v0") else f"{ea[1]} ({ea[0].split('/')[-1]})"
-              for ea in lines}
-    fig, axes = plt.subplots(2, len(settings), figsize=(4.6 * len(settings), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(settings), figsize=(4.6 * len(settings), 7.6), squeeze=False)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colors = {algo: cycle[i % len(cycle)] for i, algo in enumerate(sorted({a for _, a in lines}))}  # one per algorithm
     steps_fmt = FuncFormatter(lambda x, _: f"{x / 1e6:.1f}M" if x >= 1e6 else f"{x / 1e3:.0f}k")
@@ -183,17 +181,16 @@ def plot(runs, path: Path) -> None:
                 continue
             a = aggregate(g[ea])
             x = [p["timesteps"] for p in a["points"]]
-            lab = labels[ea]
             for row, key in ((0, "regret"), (1, "excess")):
                 m = [100 * p[key][0] for p in a["points"]]
                 lo = [100 * p[key][1] for p in a["points"]]
                 hi = [100 * p[key][2] for p in a["points"]]
                 ax = axes[row][j]
-                ax.plot(x, m, color=colors[ea[1]], label=f"{lab} ({len(g[ea])} seed{'s' if len(g[ea]) > 1 else ''})")
+                ax.plot(x, m, color=colors[ea[1]], label=f"{ea[1]} ({len(g[ea])} seed{'s' if len(g[ea]) > 1 else ''})")
                 ax.fill_between(x, lo, hi, color=colors[ea[1]], alpha=0.2)
         tgt = TARGETS[setting]
-        axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%")
-        axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%")
+        limits = (axes[0][j].axhline(100 * tgt, color="k", ls="--", lw=1, label=f"target {100 * tgt:.0f}%"),
+                  axes[1][j].axhline(100 * EXCESS_MAX, color="k", ls="--", lw=1, label="limit 1%"))
         axes[0][j].set_title(f"{setting}-v0")
         axes[0][j].set_ylabel("regret vs the optimum")
         axes[1][j].set_ylabel("excess violations (of steps)")
@@ -201,11 +198,19 @@ def plot(runs, path: Path) -> None:
         for row in (0, 1):
             axes[row][j].xaxis.set_major_formatter(steps_fmt)
             axes[row][j].grid(alpha=0.3)
-            axes[row][j].legend(fontsize=7)
+            axes[row][j].legend(handles=[limits[row]], fontsize=7, loc="upper right")  # the lines: one legend below
         axes[0][j].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}%"))
         axes[1][j].yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}%"))
+    seen: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if not label.startswith("target"):
+                seen.setdefault(label, handle)
+    fig.legend(list(seen.values()), list(seen.keys()), loc="lower center", ncol=min(3, max(len(seen), 1)), fontsize=8,
+               title="dqn acts on the Discrete(2**M) ids of each setting", title_fontsize=8)
     fig.suptitle("Learning curves: mean over seeds, 95% band (fixed seeded evaluation episodes)", fontsize=10)
-    fig.tight_layout()
+    rows_of_legend = -(-len(seen) // 3)
+    fig.tight_layout(rect=(0, 0.05 + 0.035 * rows_of_legend, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
