@@ -52,8 +52,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
 MAX_SET_NODES = 8
-"""Most edge nodes the policy scores every set of (256 candidates per observation; at 10 nodes one update
-on 1,024 observations took over a second on one core)."""
+"""Most edge nodes the policy scores every set of: 256 candidates per observation (the candidate tensors, of
+``(batch, k, 2**M, M)`` entries, and the scorer's rows grow as ``2**M``)."""
 
 N_CANDIDATE_FEATURES = 6
 FEATURES_VERSION = 2
