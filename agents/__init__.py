@@ -24,14 +24,15 @@ from .set_policy import NodeSetPolicy, resolve_policy
 
 
 def make_agent(algo: str, env, seed: int | None = None, hyperparams=None, env_id: str = "default", device: str = "cpu",
-               **kwargs):
-    """Build an SB3 agent for ``env`` (a VecEnv or Env) with the YAML hyperparameters of ``env_id``."""
+               wrapper=None, **kwargs):
+    """Build an SB3 agent for ``env`` (a VecEnv or Env) with the YAML hyperparameters of ``env_id``
+    (``wrapper``: the ``env_wrapper`` class ``env`` was built with, which the policy may refuse)."""
     spec = get_algo(algo)
     check_compatible(algo, env.action_space, env_id)
     raw = resolve_hyperparams(algo, env_id, hyperparams)
     _, algo_kwargs = split_hyperparams(algo, raw)
     algo_kwargs.update(kwargs)
-    algo_kwargs = resolve_policy(spec.name, algo_kwargs, env)
+    algo_kwargs = resolve_policy(spec.name, algo_kwargs, env, wrapper)
     return spec.load_class()(env=env, seed=seed, device=device, **algo_kwargs)
 
 
@@ -39,23 +40,27 @@ def check_builds(algo: str, env_id: str, hyperparams=None, env_kwargs=None) -> N
     """Build the agent once, as a run would (its vector env with the YAML's ``n_envs``, then the model), and
     close it: :class:`AgentConfigError` naming the cause when the environment, SB3 or the policy refuses the
     settings.  For checks of a whole sweep before its first run trains."""
+    from siftmoe_gym.cli import one_line
+
     from .envs import make_vec_env
+    from .hyperparams import import_by_name
 
     spec = get_algo(algo)
     trainer, _ = split_hyperparams(spec.name, resolve_hyperparams(spec.name, env_id, hyperparams))
+    wrapper = import_by_name(trainer["env_wrapper"]) if trainer.get("env_wrapper") else None
     try:
-        venv = make_vec_env(env_id, spec.name, int(trainer.get("n_envs") or 8), 0, env_kwargs)
+        venv = make_vec_env(env_id, spec.name, int(trainer.get("n_envs") or 8), 0, env_kwargs, wrapper=wrapper)
     except AgentConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise AgentConfigError(f"{env_id} refuses the env kwargs {env_kwargs}: {' '.join(str(exc).split())}") from None
+        raise AgentConfigError(f"{env_id} refuses the env kwargs {env_kwargs}: {one_line(exc)}") from None
     try:
-        make_agent(spec.name, venv, seed=0, hyperparams=hyperparams, env_id=env_id)
+        make_agent(spec.name, venv, seed=0, hyperparams=hyperparams, env_id=env_id, wrapper=wrapper)
     except AgentConfigError:
         raise
     except (AssertionError, TypeError, ValueError) as exc:  # SB3's own checks of its arguments
         raise AgentConfigError(f"cannot build {spec.class_name} with these hyperparameters: "
-                               f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+                               f"{type(exc).__name__}: {one_line(exc)}") from None
     finally:
         venv.close()
 

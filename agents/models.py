@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from siftmoe_gym.cli import one_line
+
 from .algos import AgentConfigError, get_algo
 from .runio import model_metadata, resolve_model_path
 
@@ -29,7 +31,7 @@ def load_agent(model_path: str | os.PathLike, device: str = "cpu"):
     try:
         model = cls.load(str(path), device=device)
     except Exception as exc:
-        raise AgentConfigError(f"cannot load {path} as {cls.__name__}: {' '.join(str(exc).split())[:400]}") from None
+        raise AgentConfigError(f"cannot load {path} as {cls.__name__}: {one_line(exc)[:400]}") from None
     return model, meta
 
 
@@ -47,7 +49,7 @@ def load_agent_and_env(model_path: str | os.PathLike, device: str = "cpu"):
         raise
     except (TypeError, ValueError, KeyError, gym.error.Error) as exc:
         raise AgentConfigError(f"{model_path}: its metadata's environment cannot be built: {type(exc).__name__}: "
-                               f"{' '.join(str(exc).split())}") from None
+                               f"{one_line(exc)}") from None
     check_spaces(model, env, model_path, meta["env_id"])
     return model, meta, env
 

@@ -51,6 +51,8 @@ from stable_baselines3.common.distributions import CategoricalDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
+from siftmoe_gym.cli import one_line
+
 MAX_SET_NODES = 8
 """Most edge nodes the policy scores every set of: 256 candidates per observation (the candidate tensors, of
 ``(batch, k, 2**M, M)`` entries, and the scorer's rows grow as ``2**M``)."""
@@ -301,15 +303,21 @@ def set_policy_kwargs(env, policy_kwargs: dict[str, Any] | None) -> dict[str, An
     return out
 
 
-def resolve_policy(algo: str, algo_kwargs: dict[str, Any], env) -> dict[str, Any]:
+def resolve_policy(algo: str, algo_kwargs: dict[str, Any], env, wrapper=None) -> dict[str, Any]:
     """``algo_kwargs`` with ``policy="NodeSetPolicy"`` turned into the class and its ``policy_kwargs``
     filled in from ``env`` (:func:`set_policy_kwargs`); other policies are returned unchanged.
-    :class:`~agents.algos.AgentConfigError` for an algorithm outside :data:`ALGOS` or an environment
-    the policy cannot act in (checked here, before any training)."""
+    :class:`~agents.algos.AgentConfigError` for an algorithm outside :data:`ALGOS`, an environment
+    the policy cannot act in, or a ``wrapper`` (the run's ``env_wrapper`` class) that rewrites
+    observations (checked here, before any training)."""
+    import gymnasium as gym
+
     from .algos import AgentConfigError
 
     if algo_kwargs.get("policy") != POLICY_NAME:
         return algo_kwargs
+    if isinstance(wrapper, type) and issubclass(wrapper, gym.ObservationWrapper):
+        raise AgentConfigError(f"policy={POLICY_NAME} reads the observation's blocks as the env writes them; "
+                               f"env_wrapper={wrapper.__name__} changes them (leave one of the two out)")
     if algo not in ALGOS:
         raise AgentConfigError(f"policy={POLICY_NAME} works with {', '.join(ALGOS)}, not {algo} (leave the policy "
                                f"out for {algo}'s own)")
@@ -337,6 +345,6 @@ def resolve_policy(algo: str, algo_kwargs: dict[str, Any], env) -> dict[str, Any
     try:  # every policy_kwargs value checked now, not when the model is built
         NodeSetPolicy(u.observation_space, u.action_space, lambda _: 1e-4, **out["policy_kwargs"])
     except (TypeError, ValueError) as exc:
-        raise AgentConfigError(f"policy_kwargs for {POLICY_NAME}: {' '.join(str(exc).split())}") from None
+        raise AgentConfigError(f"policy_kwargs for {POLICY_NAME}: {one_line(exc)}") from None
     out["policy"] = NodeSetPolicy
     return out

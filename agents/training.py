@@ -38,7 +38,7 @@ from .evaluation import (DEFAULT_EVAL_SEED_BASE, BaselineCache, check_baselines,
 from .hyperparams import import_by_name, parse_overrides, resolve_hyperparams, split_hyperparams
 from .models import check_spaces, load_agent  # noqa: F401  (part of this module's API: train, evaluate_saved, load_agent)
 from .policy import AgentPolicy
-from .set_policy import NodeSetPolicy, resolve_policy
+from .set_policy import resolve_policy
 from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
@@ -255,11 +255,7 @@ def build_envs(plan: RunPlan):
         raise AgentConfigError(f"{plan.env_id} refuses the env kwargs {plan.env_kwargs}: {type(exc).__name__}: "
                                f"{exc}") from None
     check_compatible(plan.algo, eval_env.action_space, plan.env_id)
-    plan.algo_kwargs = resolve_policy(plan.algo, plan.algo_kwargs, eval_env)
-    if (plan.algo_kwargs.get("policy") is NodeSetPolicy and isinstance(plan.wrapper, type)
-            and issubclass(plan.wrapper, gym.ObservationWrapper)):
-        raise AgentConfigError(f"policy=NodeSetPolicy reads the observation's blocks as the env writes them; "
-                               f"env_wrapper={plan.wrapper.__name__} changes them (leave one of the two out)")
+    plan.algo_kwargs = resolve_policy(plan.algo, plan.algo_kwargs, eval_env, plan.wrapper)
     venv = make_vec_env(plan.env_id, plan.algo, plan.n_envs, plan.seed, plan.env_kwargs, plan.vec, plan.wrapper)
     return venv, eval_env
 

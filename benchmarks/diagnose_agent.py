@@ -70,13 +70,14 @@ def per_token(env_id: str, episodes: int) -> dict:
     from siftmoe_gym.serving import solve_decode
 
     from agents.algos import AgentConfigError
+    from siftmoe_gym.cli import one_line
 
     try:
         env = make_env(env_id, {"action_mode": "slots"})
     except AgentConfigError:
         raise
     except Exception as exc:  # not a siftmoe_gym environment, or one that refuses the slots action mode
-        raise AgentConfigError(f"--per-token: {env_id}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+        raise AgentConfigError(f"--per-token: {env_id}: {type(exc).__name__}: {one_line(exc)}") from None
     u = env.unwrapped
     seeds = eval_seeds(episodes)
     mine, _ = evaluate_policy(env, CallablePolicy(lambda obs, info: u.encode_action(solve_decode(u.instance).assignment)),

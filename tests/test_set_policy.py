@@ -195,3 +195,12 @@ def test_an_observation_wrapper_is_refused_with_the_node_set_policy(tmp_path):
     with pytest.raises(AgentConfigError, match="env_wrapper=NormalizeObservation"):
         train(env_id="siftmoe_gym/Decode-v0", algo="ppo", steps=1000, logdir=tmp_path, progress_bar=False,
               print_table=False, hyperparams={"env_wrapper": "gymnasium.wrappers.NormalizeObservation"})
+
+
+def test_a_sweeps_upfront_check_refuses_the_observation_wrapper_too():
+    from agents import check_builds
+
+    with pytest.raises(AgentConfigError, match="env_wrapper=NormalizeObservation"):
+        check_builds("ppo", "siftmoe_gym/Decode-v0", {"env_wrapper": "gymnasium.wrappers.NormalizeObservation"})
+    check_builds("ppo", "siftmoe_gym/Decode-v0", {"env_wrapper": "gymnasium.wrappers.NormalizeObservation",
+                                                  "policy": "MlpPolicy"})
