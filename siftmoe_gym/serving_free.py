@@ -29,10 +29,16 @@ sums here differ from them by a few units in the last place.  So whenever two
 compared numbers (two partitions of the served count, a count's least error
 and the cap, two experts for a served group) lie within ``TIE`` times the
 slots' total skip cost, the step is served by ``serve_free`` itself; so are
-weighted objectives (``we != 1`` or ``wr != 0``), compute energies so small
-that counts tie within the tolerance, and steps with many multi-slot groups
-(``MAX_GROUPS``).  Single-slot servers are chosen exactly as ``serve_free``
-does (the least ``g_i Delta``, first expert on ties).
+weighted objectives (``we != 1`` or ``wr != 0``) and compute energies so small
+that counts tie within the tolerance.  Single-slot servers are chosen exactly
+as ``serve_free`` does (the least ``g_i Delta``, first expert on ties).
+
+The search is compiled with numba (:func:`siftmoe_gym.jit.compiled`, on first
+use; numba caches the machine code on disk).  Every family with its single slots is a
+partition of the ``k <= 8`` slots, so there are at most Bell(8) = 4,140
+families and every step is enumerated (the Python version this replaced,
+with the same sums in the same order, handed steps with more than 24
+multi-slot groups to ``serve_free``).
 """
 
 from __future__ import annotations
@@ -40,20 +46,14 @@ from __future__ import annotations
 import numpy as np
 
 from .bounds import ABS_TOL, REL_TOL
+from .jit import compiled
 from .serving import serve_free
 
 TIE = 1e-10
 """Relative gap (to the total skip cost) below which two compared errors count as tied: ``serve_free`` decides."""
 
-MAX_GROUPS = 24
-"""Most multi-slot groups enumerated; past it, ``serve_free`` serves the step."""
-
-_INF = float("inf")
-
-
-_SUBSETS = [[(q, tuple(s for s in range(8) if q >> s & 1)) for q in range(1, 256) if q & b == q and q & (q - 1)]
-            for b in range(256)]
-"""Per 8-bit slot mask, its submasks of two slots or more and their slots (k <= 8)."""
+_HIGH_BIT = np.array([0] + [q.bit_length() - 1 for q in range(1, 256)], dtype=np.int64)
+"""The highest set bit of each 8-bit slot mask."""
 
 
 def serve_nodes(dk: np.ndarray, gates: np.ndarray, node_of: np.ndarray, allowed: np.ndarray, cap: float,
@@ -66,112 +66,219 @@ def serve_nodes(dk: np.ndarray, gates: np.ndarray, node_of: np.ndarray, allowed:
 
 
 def _serve_nodes(dk, gates, node_of, allowed, cap, compute_cost, we, wr):
+    """The fast path: the assignment (k,) int64, or None where ``serve_free`` must decide."""
     k = len(gates)
     if k > 8 or we != 1.0 or wr != 0.0 or not compute_cost > 2 * k * compute_cost * REL_TOL + 2 * ABS_TOL:
         return None
-    n = dk.shape[1] - 1
-    gd = gates[:, None] * dk  # the same products as serve_free
-    gsig = gd[:, n]
-    gde = gd[:, :n]
-    ok = (gde < gsig[:, None]) & allowed[node_of]  # (k, N): allowed experts better than skipping the slot
-    w = np.where(ok, gde, _INF)
-    w1 = w.min(axis=1).tolist()
-    gs = gsig.tolist()
-    stot = sum(gs)
+    assign = np.empty(k, dtype=np.int64)
+    kernel = compiled(_partition_kernel, globals(), ("_grow", "_prefix"))
+    ok = kernel(np.ascontiguousarray(dk, dtype=np.float64), np.ascontiguousarray(gates, dtype=np.float64),
+                np.ascontiguousarray(node_of, dtype=np.int64), np.ascontiguousarray(allowed, dtype=np.bool_),
+                float(cap), assign)
+    return assign if ok else None
+
+
+def _grow(a, size):
+    """``a`` copied into an array of twice ``size`` entries (at least ``len(a)``)."""
+    out = np.empty(2 * size if 2 * size > len(a) else len(a), dtype=a.dtype)
+    out[:len(a)] = a
+    return out
+
+
+def _partition_kernel(dk, gates, node_of, allowed, cap, assign):  # noqa: C901 (one exact search, kept whole)
+    """The partition search of the module docstring (compiled by numba; plain Python without it).
+
+    ``dk`` (k, N+1), ``gates`` (k,), ``node_of`` (N,), ``allowed`` (M+1,) bool; writes ``assign`` (k,)
+    (-1 = skip) and returns True, or returns False where ``serve_free`` must decide.  Every float is
+    summed in the order the docstring's rule states (the same order as the Python it replaced)."""
+    k, n1 = dk.shape
+    n = n1 - 1
+    inf = np.inf
+    gs = np.empty(k)
+    w1 = np.full(k, inf)
+    arg1 = np.full(k, -1, dtype=np.int64)
+    stot = 0.0
+    for s in range(k):
+        gs[s] = gates[s] * dk[s, n]
+        stot += gs[s]
     tol = TIE * stot + 1e-300
-    sav1 = [gs[s] - w1[s] for s in range(k)]  # -inf: no allowed expert beats skipping
-    # multi-slot groups: subsets (2+ slots) of the slots an allowed expert beats skipping on
-    multi = np.flatnonzero(np.count_nonzero(ok, axis=0) >= 2)
-    best: dict[int, list] = {}  # mask -> [cost, expert, second cost, slots]
-    if multi.size:
-        bits = np.packbits(ok[:, multi], axis=0, bitorder="little")[0].tolist()
-        vals_t = gde[:, multi].T.tolist()
-        for j, b, vals in zip(multi.tolist(), bits, vals_t):
-            for q, slots in _SUBSETS[b]:
-                cost = 0.0
-                for s in slots:
-                    cost += vals[s]
-                cur = best.get(q)
-                if cur is None:
-                    best[q] = [cost, j, _INF, slots]
-                elif cost < cur[0]:
-                    cur[2] = cur[0]
-                    cur[0], cur[1] = cost, j
-                elif cost < cur[2]:
-                    cur[2] = cost
-    groups = []  # (mask, saving, expert, singles' saving on the mask)
-    for q, (cost, j, second, slots) in best.items():
-        sv = -cost
-        top1 = -_INF
-        cov = 0.0
-        for s in slots:
-            sv += gs[s]
-            cov += sav1[s]
-            if sav1[s] > top1:
-                top1 = sav1[s]
-        if sv < top1 - tol:  # the best single slot of the group alone saves more, with one expert too
+    # per expert: the slots it serves better than skipping (bit s), its cost on them; single-slot bests
+    bits = np.zeros(n, dtype=np.int64)
+    for j in range(n):
+        if not allowed[node_of[j]]:
             continue
-        if second - cost <= tol:
-            return None  # two experts serve the group within the tolerance
-        groups.append((q, sv, j, cov))
-    if len(groups) > MAX_GROUPS:
-        return None
-    order = sorted((s for s in range(k) if sav1[s] > -_INF), key=sav1.__getitem__, reverse=True)
-    sall = sum(sav1[s] for s in order)
-    fams = [(0, 0, 0.0, 0.0, ())]  # cover, count, saving of the groups, singles' saving on the cover, groups
-    for i, (q, sv, _, cov) in enumerate(groups):
-        fams += [(r | q, f + 1, b + sv, cv + cov, idx + (i,)) for r, f, b, cv, idx in fams if not r & q]
-    most = max(b + sall - cv for _, _, b, cv, _ in fams)
+        b = 0
+        for s in range(k):
+            v = gates[s] * dk[s, j]
+            if v < gs[s]:
+                b |= 1 << s
+                if v < w1[s]:
+                    w1[s] = v
+                    arg1[s] = j
+        bits[j] = b
+    sav1 = np.empty(k)
+    for s in range(k):
+        sav1[s] = gs[s] - w1[s]  # -inf: no allowed expert beats skipping
+    # multi-slot groups: every submask (2+ slots) of an expert's slots; per mask the least cost, its
+    # expert (the first of least cost) and the second least cost
+    present = np.zeros(256, dtype=np.bool_)
+    bcost = np.empty(256)
+    bsec = np.empty(256)
+    bexp = np.empty(256, dtype=np.int64)
+    qorder = np.empty(256, dtype=np.int64)  # masks in order of first appearance
+    nq = 0
+    sub = np.empty(256)  # the expert's cost on each submask: the left sum over its slots in ascending order
+    for j in range(n):
+        b = bits[j]
+        if b & (b - 1) == 0:
+            continue
+        q = (0 - b) & b  # submasks of b in ascending order: a submask's lower part comes before it
+        while q != 0:
+            h = _HIGH_BIT[q]
+            rest = q ^ (1 << h)
+            cost = (sub[rest] if rest else 0.0) + gates[h] * dk[h, j]
+            sub[q] = cost
+            if rest:
+                if not present[q]:
+                    present[q] = True
+                    bcost[q], bexp[q], bsec[q] = cost, j, inf
+                    qorder[nq] = q
+                    nq += 1
+                elif cost < bcost[q]:
+                    bsec[q] = bcost[q]
+                    bcost[q], bexp[q] = cost, j
+                elif cost < bsec[q]:
+                    bsec[q] = cost
+            q = (q - b) & b
+    # groups worth keeping: saving at least the best single slot's, served by one clear expert
+    gq = np.empty(nq, dtype=np.int64)
+    gsv = np.empty(nq)
+    gcov = np.empty(nq)
+    ng = 0
+    for i in range(nq):
+        q = qorder[i]
+        sv = -bcost[q]
+        top1 = -inf
+        cov = 0.0
+        for s in range(k):
+            if q >> s & 1:
+                sv += gs[s]
+                cov += sav1[s]
+                if sav1[s] > top1:
+                    top1 = sav1[s]
+        if sv < top1 - tol:
+            continue
+        if bsec[q] - bcost[q] <= tol:
+            return False  # two experts serve the group within the tolerance
+        gq[ng], gsv[ng], gcov[ng] = q, sv, cov
+        ng += 1
+    # slots with an allowed expert better than skipping, by saving (largest first, stable)
+    order = np.empty(k, dtype=np.int64)
+    no = 0
+    for s in range(k):
+        if sav1[s] > -inf:
+            p = no
+            while p > 0 and sav1[order[p - 1]] < sav1[s]:
+                order[p] = order[p - 1]
+                p -= 1
+            order[p] = s
+            no += 1
+    sall = 0.0
+    for p in range(no):
+        sall += sav1[order[p]]
+    # families of disjoint groups: cover, count, groups' saving, singles' saving on the cover, parent, group
+    cap_f = 64
+    fr = np.zeros(cap_f, dtype=np.int64)
+    fc = np.zeros(cap_f, dtype=np.int64)
+    fb = np.zeros(cap_f)
+    fcv = np.zeros(cap_f)
+    fpar = np.full(cap_f, -1, dtype=np.int64)
+    fgrp = np.full(cap_f, -1, dtype=np.int64)
+    nf = 1
+    for i in range(ng):
+        q = gq[i]
+        end = nf
+        for f in range(end):
+            if fr[f] & q:
+                continue
+            if nf == len(fr):
+                fr, fc, fb, fcv = _grow(fr, nf), _grow(fc, nf), _grow(fb, nf), _grow(fcv, nf)
+                fpar, fgrp = _grow(fpar, nf), _grow(fgrp, nf)
+            fr[nf], fc[nf], fb[nf], fcv[nf] = fr[f] | q, fc[f] + 1, fb[f] + gsv[i], fcv[f] + gcov[i]
+            fpar[nf], fgrp[nf] = f, i
+            nf += 1
+    most = -inf
+    for f in range(nf):
+        v = fb[f] + sall - fcv[f]
+        if v > most:
+            most = v
     least = stot - most
     thr = cap * (1.0 + REL_TOL) + ABS_TOL
     if abs(least - thr) <= tol:
-        return None
+        return False
     if least > thr:  # serve_free's least-violating cap: the least error, 1e-9 wider
         thr = (least * (1 + 1e-9)) * (1.0 + REL_TOL) + ABS_TOL
     need = stot - thr  # the saving a decision needs
-    # per family, the fewest single slots that reach the need (the largest savings first)
+    lo, hi = need - 2 * tol, need + 2 * tol
+    # per family, the fewest single slots that reach the need (the largest savings first): the count cstar
+    pref = np.empty(k + 1)
+    avail = np.empty(k, dtype=np.int64)
     cstar = k + 1
-    runs = []
-    for r, f, b, cv, idx in fams:
-        if b + sall - cv < need - 2 * tol:
+    for f in range(nf):
+        if fb[f] + sall - fcv[f] < lo:
             continue
-        avail = [s for s in order if not r >> s & 1]
-        pref = [b]
-        for s in avail:
-            pref.append(pref[-1] + sav1[s])
+        na = _prefix(fr[f], fb[f], order, no, sav1, pref, avail)
         t = 0
-        while pref[t] < need - 2 * tol:
+        while t <= na and pref[t] < lo:
             t += 1
-        if pref[t] <= need + 2 * tol:
-            return None
-        runs.append((f, pref, avail, idx))
-        if f + t < cstar:
-            cstar = f + t
+        if t > na or pref[t] <= hi:
+            return False
+        if fc[f] + t < cstar:
+            cstar = fc[f] + t
     # the count cstar: its best partition, and no other within the tolerance (nor a lower count near the need)
-    top, sec, arg = -_INF, -_INF, None
-    for f, pref, avail, idx in runs:
-        t = cstar - f
-        if t < 0 or t >= len(pref):
+    top, sec, arg, arg_t = -inf, -inf, -1, 0
+    for f in range(nf):
+        if fb[f] + sall - fcv[f] < lo:
             continue
-        if t and pref[t - 1] >= need - 2 * tol:
-            return None
+        na = _prefix(fr[f], fb[f], order, no, sav1, pref, avail)
+        t = cstar - fc[f]
+        if t < 0 or t > na:
+            continue
+        if t and pref[t - 1] >= lo:
+            return False
         v = pref[t]
-        alt = v - sav1[avail[t - 1]] + sav1[avail[t]] if 0 < t < len(avail) else -_INF
+        alt = v - sav1[avail[t - 1]] + sav1[avail[t]] if 0 < t < na else -inf
         if v > top:
             sec = max(top, alt)
-            top, arg = v, (idx, avail[:t])
+            top, arg, arg_t = v, f, t
         else:
-            sec = max(sec, v, alt)
-    if top - sec <= tol:
-        return None
-    idx, chosen = arg
-    assign = np.full(k, -1, dtype=np.int64)
-    for i in idx:
-        q, _, j, _ = groups[i]
-        for s in best[q][3]:
-            assign[s] = j
-    if chosen:
-        arg1 = w.argmin(axis=1)
-        for s in chosen:
-            assign[s] = arg1[s]
-    return assign
+            sec = max(sec, max(v, alt))
+    if arg < 0 or top - sec <= tol:
+        return False
+    for s in range(k):
+        assign[s] = -1
+    f = arg
+    while fgrp[f] >= 0:
+        q = gq[fgrp[f]]
+        for s in range(k):
+            if q >> s & 1:
+                assign[s] = bexp[q]
+        f = fpar[f]
+    na = _prefix(fr[arg], fb[arg], order, no, sav1, pref, avail)
+    for p in range(arg_t):
+        assign[avail[p]] = arg1[avail[p]]
+    return True
+
+
+def _prefix(cover, b, order, no, sav1, pref, avail):
+    """Writes the slots outside ``cover`` by saving (``avail``) and the running savings from ``b``
+    (``pref``); returns how many slots."""
+    na = 0
+    pref[0] = b
+    for p in range(no):
+        s = order[p]
+        if not cover >> s & 1:
+            avail[na] = s
+            pref[na + 1] = pref[na] + sav1[s]
+            na += 1
+    return na

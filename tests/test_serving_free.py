@@ -89,3 +89,18 @@ def test_serve_nodes_equals_solve_decode_on_the_zeroed_instance():
         got = serve_nodes(inst.delta_ext[inst.topk], inst.gates, inst.node_of, allowed, float(inst.budget),
                           inst.compute_cost)
         assert np.array_equal(got, ref.assignment)
+
+
+def test_numba_is_loaded_only_by_the_systems_that_need_it():
+    """siftmoe_gym.jit compiles on first use: importing the package and stepping the default system (served
+    by the enumeration table) leave numba unloaded; a node-set step above the table loads it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, gymnasium as gym, siftmoe_gym\n"
+            "env = gym.make('siftmoe_gym/Decode-v0'); env.reset(seed=0); env.step(env.action_space.sample())\n"
+            "print('numba' in sys.modules)\n"
+            "env = gym.make('siftmoe_gym/Decode-v0', config=dict(num_experts=64, top_k=8, num_layers=1, num_nodes=4))\n"
+            "env.reset(seed=0); env.step(env.action_space.sample()); print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -326,25 +326,23 @@ class SiftMoEEnv(gym.Env):
             # solve_decode on the instance with the activated nodes' costs set to 0, without building it
             assign = serve_nodes(dk, gates, node_of, active, cap, self.compute_cost, we, wr)
             servers = np.where(assign < 0, n, assign)
+            computed = np.zeros(n, dtype=bool)
+            computed[assign[assign >= 0]] = True
         elif kind == "experts":
             computed = payload
-            usable = np.append(computed, True)
-            servers = np.argmin(np.where(usable[None, :], dk, np.inf), axis=1)
+            servers = np.argmin(np.where(np.append(computed, True)[None, :], dk, np.inf), axis=1)
         else:
             servers = payload
-        if kind == "experts":
-            computed = payload
-        else:
             computed = np.zeros(n + 1, dtype=bool)
             computed[servers] = True
             computed = computed[:n]
         used = np.zeros(self.n_nodes + 1, dtype=bool)
         used[node_of[computed]] = True
         active = active if kind == "nodes" else used
-        energy = float(np.where(active, cost, 0.0).sum() + self.compute_cost * computed.sum())
+        energy = float(np.where(active, cost, 0.0).sum() + self.compute_cost * np.count_nonzero(computed))
         err = float((gates * dk[self._arange_k, servers]).sum())
         lat = float(np.where(active, viol, 0.0).max())
-        assignment = np.where(servers >= n, -1, servers).astype(np.int64)
+        assignment = assign if kind == "nodes" else np.where(servers >= n, -1, servers).astype(np.int64)
         return {"assignment": assignment, "computed": computed, "energy": energy, "err": err, "lat": lat,
                 "used": used, "active": active.copy(), "feasible": bool(feas[active].all())}
 
