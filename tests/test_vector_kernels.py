@@ -79,3 +79,29 @@ def test_serve_least_error_k2_matches_pick_allowed_rows(seed):
         idx, e = serve_least_error_k2(g, cap)
         np.testing.assert_array_equal(idx, ref)
         np.testing.assert_array_equal(e, err[np.arange(n), ref])
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0"])
+def test_fused_k2_kernel_equals_the_kernels_on_node_terms(env_id):
+    """serve_k2 builds each copy's terms inside the compiled loop: the same choices and error bounds, bit for
+    bit, as serve_nodes_k2 / serve_least_error_k2 on node_terms' array (ties included: grid-valued gates)."""
+    import gymnasium as gym
+
+    from siftmoe_gym.envs.vector_kernels import node_terms, serve_k2, serve_least_error_k2, serving_static
+
+    env = gym.make(env_id).unwrapped
+    static = serving_static(env)
+    rng = np.random.default_rng(7)
+    n, nn, m = 64, env.n_experts, env.n_nodes
+    for trial in range(60):
+        layer = int(rng.integers(env.n_layers))
+        payload = rng.integers(0, 1 << m, size=n)
+        topk = np.ascontiguousarray(np.argsort(rng.random((n, nn)), axis=1)[:, :2].T)
+        gates = rng.integers(1, 4, size=(2, n)) / 4.0 if trial % 2 else rng.random((2, n))
+        cap = float(rng.choice([0.0, 0.05, 0.2, 1.0]))
+        g = node_terms(static, layer, payload, topk, gates)
+        for least_error in (False, True):
+            idx, err = serve_k2(static, layer, payload, topk, gates, cap, least_error=least_error)
+            ref = serve_least_error_k2(g, cap) if least_error else serve_nodes_k2(g, cap)[:2]
+            np.testing.assert_array_equal(idx, ref[0])
+            np.testing.assert_array_equal(err, ref[1])

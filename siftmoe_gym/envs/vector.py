@@ -57,8 +57,8 @@ from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .observations import budget_features
 from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
-from .vector_kernels import (decode_nodes_int8, least_feasible_terms, node_terms, serve_assignment_actions,
-                             serve_least_error_k2, serve_nodes, serving_static, slot_sum)
+from .vector_kernels import (decode_nodes_int8, least_feasible_terms, serve_assignment_actions, serve_k2, serve_nodes,
+                             serving_static, slot_sum)
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 _UNUSED = frozenset(("probs", "norms", "topk_used", "topk_count", "margin"))  # episode tables the steps never read
@@ -327,7 +327,7 @@ class SiftMoEVectorEnv(VectorEnv):
         static = self._serving_static() if kind == "nodes" and (not ff or least_error) else None
         dk = env.system.delta_ext[layer][self._topk[:, s]] if static is None or env.top_k > 2 else None  # (n, k, N+1)
         if static is not None and ff:  # the least error over the activated nodes (kernel: the same choices)
-            idx, err = serve_least_error_k2(node_terms(static, layer, payload, self._topk_t[s], self._gates_t[s]), cap)
+            idx, err = serve_k2(static, layer, payload, self._topk_t[s], self._gates_t[s], cap, least_error=True)
             active = np.take(env._subset_nodes, payload, axis=0)
             energy = np.where(active, cost, 0.0).sum(axis=1) + np.take(env._ec_count, idx)
             lat = np.where(active, viol, 0.0).max(axis=1)

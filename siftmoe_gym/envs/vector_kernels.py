@@ -3,7 +3,10 @@
 
 - :func:`serve_nodes_k2`: node-set serving for ``k = 2`` without enumerating the ``(N+1)^2`` assignments:
   the choice of :meth:`~siftmoe_gym.envs.vector.SiftMoEVectorEnv._serve_nodes` (first assignment in
-  (count level, index) order whose error bound is within the key) from the slots' ``N+1`` terms.
+  (count level, index) order whose error bound is within the key) from the slots' ``N+1`` terms;
+  :func:`serve_least_error_k2` FastFading's least-error rule; :func:`serve_k2` either one with each copy's
+  terms built inside the loop (what the environments call).  Compiled with numba on first use
+  (:func:`siftmoe_gym.jit.compiled`), one copy at a time (:func:`_k2_choice`), the same sums and comparisons.
 - :func:`decode_nodes_int8`: the ``nodes`` codec's batch decoding for int8 actions (what
   ``action_space.sample()`` gives) by bit packing, the same bitmasks and the same checks.
 - :func:`serve_assignment_actions` / :func:`computed_and_used`: the ``experts`` and ``slots`` modes' serving
@@ -15,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bounds import ABS_TOL, REL_TOL
+from ..jit import compiled
 
 
 def serve_nodes_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -28,49 +32,115 @@ def serve_nodes_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray, n
     lowest level's least error in budget, else the least error's tolerance); the choice is the first
     assignment in (level, index) order within the key.  Level 2 is never enumerated: a row ``e`` holds
     one within the key iff ``g[e, 0] + min_{e' != e} g[e', 1]`` is (rounding is monotone), and the
-    row's first such column is then found on that row alone.
+    row's first such column is then found on that row alone.  Compiled with numba (:func:`_k2_choice`).
     """
-    n1, _, n = g.shape
-    nn = n1 - 1
-    a0, a1 = g[:nn, 0], g[:nn, 1]
-    k0, k1 = g[nn, 0], g[nn, 1]  # skip terms (always finite)
-    lev0 = k0 + k1
-    # level 1 in index order: (e, e) at e (N+2), (e, N) at e (N+1) + N, then (N, e) at N (N+1) + e
-    w1 = np.empty((3 * nn, n))
-    np.add(a0, a1, out=w1[0:2 * nn:2])
-    np.add(a0, k1, out=w1[1:2 * nn:2])
-    np.add(k0, a1, out=w1[2 * nn:])
-    m1 = w1.min(axis=0)
-    # level 2: the least slot-1 term off each row's own column
-    p0 = a1.min(axis=0)
-    eq = a1 == p0
-    q = np.where(eq, np.inf, a1).min(axis=0)  # the least term above the minimum
-    p1 = np.where(eq.sum(axis=0) == 1, q, p0)  # the least term once one minimal column is left out
-    rowmin = a0 + np.where(eq, p1, p0)  # (N, n): each row's least level-2 error
-    m2 = rowmin.min(axis=0)
-    best = np.minimum(np.minimum(lev0, m1), m2)
-    thr = cap * (1.0 + REL_TOL) + ABS_TOL
-    key = np.where(m2 <= thr, m2, best * (1.0 + REL_TOL) + ABS_TOL)
-    key = np.where(m1 <= thr, m1, key)
-    key = np.where(lev0 <= thr, lev0, key)
+    n = g.shape[2]
+    s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))  # (n, 2, N+1)
+    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), False, s0, s1)
     ar = np.arange(n)
-    # level 2's first assignment within the key: its row, then the row's first other column
-    e2 = (rowmin <= key).argmax(axis=0)
-    row = a0[e2, ar] + a1
-    row[e2, ar] = np.inf
-    e2c = (row <= key).argmax(axis=0)
-    ok1 = w1 <= key
-    j1 = ok1.argmax(axis=0)
-    in1 = ok1[j1, ar]
-    # level 1's j1 -> (s0, s1)
-    first = j1 < 2 * nn
-    e1 = np.where(first, j1 >> 1, nn)
-    f1 = np.where(first, np.where(j1 & 1, nn, j1 >> 1), j1 - 2 * nn)
-    in0 = lev0 <= key
-    s0 = np.where(in0, nn, np.where(in1, e1, e2))
-    s1 = np.where(in0, nn, np.where(in1, f1, e2c))
-    err = g[s0, 0, ar] + g[s1, 1, ar]
-    return s0 * n1 + s1, err, s0, s1
+    return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar], s0, s1
+
+
+def serve_k2(static, layer, payload, topk, gates, cap, least_error: bool = False):
+    """:func:`serve_nodes_k2` (or with ``least_error`` :func:`serve_least_error_k2`) of the terms
+    :func:`node_terms` would build, built copy by copy inside the compiled loop (the same products and
+    sums).  ``topk``, ``gates`` (2, n).  Returns ``(combo index, error bound)`` (n,) each."""
+    off, d_t = static[3], static[4]
+    n = len(payload)
+    s0, s1, err = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n)
+    kernel = compiled(_k2_fused, globals(), ("_k2_choice",))
+    kernel(d_t[layer], off[layer], topk, gates, payload, float(cap), least_error, s0, s1, err)
+    return s0 * d_t.shape[1] + s1, err
+
+
+def _k2_choice(b, thr, least_error):  # noqa: C901 (one copy's choice, kept whole)
+    """``(s0, s1)`` of one copy from its terms ``b`` (2, N+1) (``thr``: the cap with its tolerance): the rule
+    of :func:`serve_nodes_k2`, or with ``least_error`` that of :func:`serve_least_error_k2`; the same sums
+    and comparisons as those docstrings state, one copy at a time."""
+    n1 = b.shape[1]
+    nn = n1 - 1
+    inf = np.inf
+    if least_error:
+        p1, m0 = inf, inf
+        for r in range(n1):
+            p1 = min(p1, b[1, r])
+            m0 = min(m0, b[0, r])
+        emin = m0 + p1
+        if not emin > thr:
+            s0 = 0
+            for r in range(n1):
+                if b[0, r] + p1 <= emin:
+                    s0 = r
+                    break
+            for r in range(n1):
+                if b[0, s0] + b[1, r] <= emin:
+                    return s0, r
+            return s0, 0
+        thr = -inf  # over the cap: the least compute energy within the least error's tolerance
+    k0, k1 = b[0, nn], b[1, nn]
+    lev0 = k0 + k1
+    m1 = inf  # level 1, in index order (e, e) at 2e, (e, N) at 2e + 1, (N, e) at 2N + e
+    p0 = inf  # the least slot-1 term, how often it occurs, and the least term above it
+    for e in range(nn):
+        a0, a1 = b[0, e], b[1, e]
+        m1 = min(m1, a0 + a1, a0 + k1, k0 + a1)
+        p0 = min(p0, a1)
+    cnt, q = 0, inf
+    for e in range(nn):
+        if b[1, e] == p0:
+            cnt += 1
+        elif b[1, e] < q:
+            q = b[1, e]
+    p1 = q if cnt == 1 else p0  # the least term once one minimal column is left out
+    m2 = inf
+    for e in range(nn):
+        m2 = min(m2, b[0, e] + (p1 if b[1, e] == p0 else p0))
+    best = min(min(lev0, m1), m2)
+    key = m2 if m2 <= thr else best * (1.0 + REL_TOL) + ABS_TOL
+    if m1 <= thr:
+        key = m1
+    if lev0 <= thr:
+        key = lev0
+    if lev0 <= key:
+        return nn, nn
+    for j in range(3 * nn):  # level 1's first assignment within the key
+        e, f = (j >> 1, nn if j & 1 else j >> 1) if j < 2 * nn else (nn, j - 2 * nn)
+        if b[0, e] + (k1 if f == nn else b[1, f]) <= key:
+            return e, f
+    e2 = 0  # level 2's: the first row holding one, then its first other column
+    for e in range(nn):
+        if b[0, e] + (p1 if b[1, e] == p0 else p0) <= key:
+            e2 = e
+            break
+    for f in range(nn):
+        if f != e2 and b[0, e2] + b[1, f] <= key:
+            return e2, f
+    return e2, 0
+
+
+def _k2_terms(gt, cap, least_error, out0, out1):
+    """:func:`_k2_choice` of every copy of ``gt`` (n, 2, N+1)."""
+    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    for c in range(gt.shape[0]):
+        out0[c], out1[c] = _k2_choice(gt[c], thr, least_error)
+
+
+def _k2_fused(d, off, topk, gates, payload, cap, least_error, out0, out1, err):
+    """:func:`_k2_choice` of every copy, its terms ``d[e, topk[j]] * gates[j] + off[e, payload]`` built
+    first (``d`` (N+1, N), ``off`` (N+1, 2^M): one layer's :func:`serving_static` arrays), and its error."""
+    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    n1 = d.shape[0]
+    b = np.empty((2, n1))
+    for c in range(len(payload)):
+        for j in range(2):
+            t, gj, pc = topk[j, c], gates[j, c], payload[c]
+            for e in range(n1):
+                v = d[e, t] * gj
+                b[j, e] = v + off[e, pc]
+        s0, s1 = _k2_choice(b, thr, least_error)
+        out0[c], out1[c] = s0, s1
+        err[c] = b[0, s0] + b[1, s1]
 
 
 def decode_nodes_int8(actions: np.ndarray, n: int, width: int, pow2: np.ndarray) -> np.ndarray | None:
@@ -109,7 +179,7 @@ def serve_nodes(static, layer, payload, topk, gates, cap, buf: dict):
     ``e_c |C|``): the same choices.  ``topk``, ``gates`` (k, n) copy-minor; ``buf`` keeps scratch arrays.
     Returns ``(combo index, error bound)`` (n,) each (the error bound None for ``k > 2``).
 
-    ``k = 2``: :func:`serve_nodes_k2`.  Otherwise copy-minor: ``err_s`` (C, n) holds every combo's error
+    ``k = 2``: :func:`serve_k2`.  Otherwise copy-minor: ``err_s`` (C, n) holds every combo's error
     bound (the same sums as :func:`~siftmoe_gym.serving_table.err_table`), ``inf`` where a server sits
     off node 0 and the activated nodes, rows sorted by count level (ascending combo index within a
     level).  Adjacent distinct-count levels never tie, so the choice is lexicographic: the lowest level
@@ -119,9 +189,9 @@ def serve_nodes(static, layer, payload, topk, gates, cap, buf: dict):
     """
     perm, bounds, ec_s, off, d_t, rank, srv_s = static
     n = len(payload)
+    if len(topk) == 2:
+        return serve_k2(static, layer, payload, topk, gates, cap)
     g = node_terms(static, layer, payload, topk, gates)
-    if g.shape[1] == 2:
-        return serve_nodes_k2(g, cap)[:2]
     if buf.get("shape") != (len(perm), n):
         buf["shape"], buf["err"], buf["tmp"] = (len(perm), n), np.empty((len(perm), n)), np.empty((len(perm), n))
     err_s, tmp = buf["err"], buf["tmp"]
@@ -183,18 +253,14 @@ def serve_least_error_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndar
     the first assignment (index order) reaching it: the first row ``s0`` whose ``g[s0, 0] + min g[:, 1]``
     does, then that row's first column.  Over the cap, the least compute energy among the assignments
     within the least error's tolerance, first index: :func:`serve_nodes_k2` with no level in budget.
+    Compiled with numba (:func:`_k2_choice`).
     """
-    n1, _, n = g.shape
-    a0, a1 = g[:, 0], g[:, 1]
-    p1 = a1.min(axis=0)
-    emin = a0.min(axis=0) + p1
+    n = g.shape[2]
+    s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))
+    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), True, s0, s1)
     ar = np.arange(n)
-    s0 = (a0 + p1 <= emin).argmax(axis=0)
-    s1 = (a0[s0, ar] + a1 <= emin).argmax(axis=0)
-    out = np.flatnonzero(emin > cap * (1.0 + REL_TOL) + ABS_TOL)
-    if len(out):
-        _, _, s0[out], s1[out] = serve_nodes_k2(np.ascontiguousarray(g[:, :, out]), -np.inf)
-    return s0 * n1 + s1, g[s0, 0, ar] + g[s1, 1, ar]
+    return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar]
 
 
 def computed_and_used(servers: np.ndarray, nn: int, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
