@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bounds import ABS_TOL, REL_TOL
+from ..bounds import ABS_TOL, REL_TOL, within_budget
 from ..serving import pick_row
 from ..serving_table import err_table
 from .base import SiftMoEEnv
@@ -338,6 +338,7 @@ class DecodeEnv(SiftMoEEnv):
         self._obs_table = tabs["obs_table"][j]
         self._cost, self._feas, self._viol = tabs["cost"][j], tabs["feas"][j], tabs["viol"][j]
         self._ep_sums = [0.0, 0.0, 0, 0]  # energy, top-k energy, violations, latency violations
+        self._least_free = {}  # layer -> each expert's least Delta_ext over the episode's feasible servers
         self._fast = None
         if not self.table.enabled:
             self._err_tab = None
@@ -371,6 +372,16 @@ class DecodeEnv(SiftMoEEnv):
             return j
         ec = self._ec_count
         return pick_row(allow[layer, mask], self._err_tab[s], ec, ec, float(self.budgets[layer]))[0]
+
+    def _avoidable(self, s: int, layer: int, feas: np.ndarray, thr: float) -> bool:
+        """:meth:`SiftMoEEnv._avoidable` from each expert's least term over the episode's latency-feasible
+        servers (the links are fixed for the episode), computed once per layer and episode: the same per-slot
+        minima and the same sum over the slots as :func:`~siftmoe_gym.envs.rewards.avoidable_rows`."""
+        least = self._least_free.get(layer)
+        if least is None:
+            allowed = feas[self._node_ext[layer]]  # (N+1,)
+            least = self._least_free[layer] = np.where(allowed, self.system.delta_ext[layer], np.inf).min(axis=1)
+        return bool(within_budget((self._gates[s] * least[self._topk[s]]).sum(), thr))
 
     def _step_costs(self):
         return self._cost, self._feas, self._viol

@@ -151,7 +151,7 @@ def constraint_costs(accuracy_violation, latency_violation, average=None) -> dic
     The budgets these costs are held to: Decode and Prefill's per-step constraints are hard (a cost of 0
     every step); a benchmark row counts as feasible with at most 1% more violating steps than the optimum's
     (``agents.evaluation``)."""
-    if np.ndim(accuracy_violation) == 0:  # one step (the hot path of the single environments)
+    if not isinstance(accuracy_violation, np.ndarray):  # one step (the hot path of the single environments)
         acc, lat = float(bool(accuracy_violation)), float(latency_violation > 0.0)
         out = {"cost": acc + lat, "cost_accuracy": acc, "cost_latency": lat}
         if average is not None:
