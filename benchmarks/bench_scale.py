@@ -1,7 +1,8 @@
 """Real model sizes (issue 18): build, step, vector and exact-P1 costs over the presets, in one run.
 
     python benchmarks/bench_scale.py [--presets deepseek-v3 ...] [--steps 2000] [--vec-envs 1024]
-                                     [--vec-envs-large 64] [--p1 300] [--milp 10] [--quick]
+                                     [--vec-envs-large 64] [--vec-episodes 2] [--vec-steps 512]
+                                     [--p1 300] [--milp 10] [--quick]
 
 Every figure is measured in this run, on one core (BLAS and OpenMP set to one
 thread before numpy loads), and printed beside a reference measured in the
@@ -12,13 +13,23 @@ same run, so that a busy shared machine shifts both:
   (``siftmoe_gym.cache``); wall seconds.
 - **env.step** per action mode (``nodes``, ``discrete`` when ``M <= 16``,
   ``experts``, ``slots``): random actions from the seeded action space,
-  resets included, in CPU microseconds per step, and as a multiple of
+  resets included, after two untimed resets and 50 untimed steps (numba's
+  cache load, the allocator's first page faults; the first step of a fresh
+  process is timed on its own below the table), in CPU microseconds per step, and as a multiple of
   CartPole-v1's ``env.step`` (``gym.make``, the same wrappers) measured here.
 - **vector**: the native vector ``Decode-v0`` (``vectorization_mode="vector_entry_point"``,
-  random node sets, autoresets included) in environment steps per CPU second;
+  random node sets) in environment steps (calls x copies) per CPU second,
+  timed over ``--vec-episodes`` whole episodes, each episode's autoreset
+  call (which builds every copy's next episode) included, after one
+  untimed step (numba's compilation or cache load);
   ``--vec-envs`` copies at the default size, ``--vec-envs-large`` copies and
   ``episode_tokens=2`` above it (at deepseek-v3's size one copy's episode
   tables take about 40 MB, 1,024 copies would not fit in memory).
+- **node-set search**: over ``--steps`` random ``nodes`` steps per preset
+  above the enumeration table, the compiled partition search's
+  (``siftmoe_gym.serving_free``) CPU time per decision, replayed on the
+  recorded inputs without the Python call, and how many steps it handed to
+  the slot dynamic program ``serve_free`` (near-ties, see that module).
 - **P1**: exact P1 (``solve_decode_batch``) on ``--p1`` random instances
   (``baselines.common.random_decode_instance``, budget 1x), decisions per CPU
   second, and the mean time of the HiGHS integer program
@@ -27,7 +38,8 @@ same run, so that a busy shared machine shifts both:
 - **native vector envs at the default size**, every setting (Decode, Prefill,
   FastFading, nodes actions) at ``--vec-envs`` copies, as a share of
   CartPole-v1's native vector rate (``gym.make_vec("CartPole-v1", ...,
-  vectorization_mode="vector_entry_point")``) measured here.
+  vectorization_mode="vector_entry_point")``, ``--vec-steps`` calls, its
+  copies resetting on their own) measured here.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -47,17 +61,35 @@ import numpy as np  # noqa: E402
 import siftmoe_gym  # noqa: E402,F401  (registers the environments)
 from baselines.common import random_decode_instance  # noqa: E402
 from baselines.references import milp_decode  # noqa: E402
+from siftmoe_gym.cli import UsageError  # noqa: E402
 from siftmoe_gym.config import PRESETS  # noqa: E402
 from siftmoe_gym.serving import solve_decode_batch  # noqa: E402
 
 ORDER = ("mixtral-small", "olmoe", "qwen3-30b-a3b", "deepseek-v3", "qwen3-235b-a22b")
 
 
-def step_cost(env, steps: int) -> float:
-    """CPU seconds per ``env.step`` with random actions, resets included."""
+def first_step_seconds(name: str) -> float:
+    """Wall seconds of the first ``env.step`` (``nodes`` mode) of preset ``name`` in a fresh Python process:
+    above the enumeration table, numba's import and compilation or cache load."""
+    code = ("import time, gymnasium as gym, siftmoe_gym\n"
+            f"env = gym.make('siftmoe_gym/Decode-v0', config={name!r}); env.reset(seed=0)\n"
+            "a = env.action_space.sample(); t0 = time.perf_counter(); env.step(a); print(time.perf_counter() - t0)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def step_cost(env, steps: int, warmup: int = 50) -> float:
+    """CPU seconds per ``env.step`` with random actions, resets included, after two untimed resets and
+    ``warmup`` untimed steps (numba's compilation or cache load on the first node-set step above the
+    enumeration table, the memory allocator's first page faults on the episode tables)."""
+    env.reset(seed=1)
     env.reset(seed=0)
     env.action_space.seed(0)
     sample = env.action_space.sample
+    for _ in range(warmup):
+        _, _, term, trunc, _ = env.step(sample())
+        if term or trunc:
+            env.reset()
     acts = [sample() for _ in range(steps)]
     c0 = time.process_time()
     for a in acts:
@@ -67,18 +99,60 @@ def step_cost(env, steps: int) -> float:
     return (time.process_time() - c0) / steps
 
 
-def vector_rate(env_id: str, num_envs: int, steps: int, **kwargs) -> float:
-    """Environment steps per CPU second of a native vector env, random actions, autoresets included."""
+def node_search(name: str, steps: int) -> tuple[int, int, float]:
+    """Over ``steps`` random ``nodes`` actions of preset ``name``: (steps that ``serving_free.serve_nodes``
+    handed to ``serve_free``, node-set steps it served, CPU microseconds per decision of the compiled search
+    alone, replayed on the recorded inputs); (0, 0, nan) where the enumeration table serves."""
+    import siftmoe_gym.serving_free as sf
+    from siftmoe_gym.jit import compiled
+
+    inner, count, inputs = sf._serve_nodes, [0, 0], []
+
+    def counting(dk, gates, node_of, allowed, cap, *rest):
+        out = inner(dk, gates, node_of, allowed, cap, *rest)
+        count[0] += out is None
+        count[1] += 1
+        inputs.append((np.ascontiguousarray(dk, dtype=np.float64), np.asarray(gates, dtype=np.float64),
+                       np.asarray(node_of, dtype=np.int64), np.asarray(allowed, dtype=np.bool_), float(cap)))
+        return out
+
+    sf._serve_nodes = counting
+    try:
+        step_cost(gym.make("siftmoe_gym/Decode-v0", config=name, action_mode="nodes"), steps, warmup=0)
+    finally:
+        sf._serve_nodes = inner
+    if not inputs:
+        return 0, 0, float("nan")
+    kernel = compiled(sf._partition_kernel, vars(sf), ("_grow", "_prefix"))
+    out = np.empty(len(inputs[0][1]), dtype=np.int64)
+    c0 = time.process_time()
+    for dk, gates, node_of, allowed, cap in inputs:
+        kernel(dk, gates, node_of, allowed, cap, out)
+    return count[0], count[1], (time.process_time() - c0) / len(inputs) * 1e6
+
+
+def vector_rate(env_id: str, num_envs: int, steps: int = 0, episodes: int = 0, **kwargs) -> float:
+    """Environment steps (calls x copies) per CPU second of a native vector env, random actions: ``steps``
+    calls, or with ``episodes`` the calls through that many whole episodes (this project's copies all end
+    together), each episode's autoreset call, which builds the next episode, included."""
     envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     envs.reset(seed=0)
     envs.action_space.seed(0)
     acts = [envs.action_space.sample() for _ in range(8)]
+    envs.step(acts[0])  # untimed: numba's compilation or cache load, once per process
+    envs.reset(seed=0)
+    calls = ended = 0
     c0 = time.process_time()
-    for i in range(steps):
-        envs.step(acts[i % 8])
+    while calls < steps or ended < episodes:
+        _, _, term, trunc, _ = envs.step(acts[calls % 8])
+        calls += 1
+        if episodes and (term.any() or trunc.any()):
+            ended += 1
+            envs.step(acts[calls % 8])  # the autoreset
+            calls += 1
     cpu = time.process_time() - c0
     envs.close()
-    return steps * num_envs / max(cpu, 1e-9)
+    return calls * num_envs / max(cpu, 1e-9)
 
 
 def p1_rates(system, count: int, n_milp: int) -> tuple[float, float, float]:
@@ -121,19 +195,44 @@ def build_times(name: str) -> tuple[float, float, object]:
     return cold, warm, env
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+COUNTS = {  # option: (default, --quick default, least value)
+    "steps": (2000, 200, 1), "vec_envs": (1024, 1024, 1), "vec_envs_large": (64, 64, 1), "vec_episodes": (2, 1, 1),
+    "vec_steps": (512, 64, 1), "p1": (300, 30, 1), "milp": (10, 3, 0),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, every count checked (:class:`~siftmoe_gym.cli.UsageError`); ``--quick`` only changes the
+    defaults of the counts not given."""
+    from siftmoe_gym.cli import OneLineParser, at_least
+
+    ap = OneLineParser(prog="bench_scale.py", description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=list(ORDER), choices=sorted(PRESETS))
-    ap.add_argument("--steps", type=int, default=2000, help="env.step calls per action mode")
-    ap.add_argument("--vec-envs", type=int, default=1024)
-    ap.add_argument("--vec-envs-large", type=int, default=64, help="copies of the vector env above the default size")
-    ap.add_argument("--vec-steps", type=int, default=64)
-    ap.add_argument("--p1", type=int, default=300, help="random P1 instances per preset")
-    ap.add_argument("--milp", type=int, default=10, help="of which solved by the integer program")
-    ap.add_argument("--quick", action="store_true", help="a tenth of the samples")
-    args = ap.parse_args()
-    if args.quick:
-        args.steps, args.vec_steps, args.p1, args.milp = 200, 8, 30, 3
+    ap.add_argument("--steps", type=int, help="env.step calls per action mode (2000; --quick 200)")
+    ap.add_argument("--vec-envs", type=int, help="copies of the native vector envs at the default size (1024)")
+    ap.add_argument("--vec-envs-large", type=int, help="copies of the vector env above the default size (64)")
+    ap.add_argument("--vec-episodes", type=int, help="whole episodes per native vector env, autoresets included (2; --quick 1)")
+    ap.add_argument("--vec-steps", type=int, help="CartPole-v1's native vector env calls (512; --quick 64)")
+    ap.add_argument("--p1", type=int, help="random P1 instances per preset (300; --quick 30)")
+    ap.add_argument("--milp", type=int, help="of which solved by the integer program (10; --quick 3)")
+    ap.add_argument("--quick", action="store_true", help="about a tenth of the samples")
+    args = ap.parse_args(argv)
+    for name, (default, quick, low) in COUNTS.items():
+        at_least("--" + name.replace("_", "-"), getattr(args, name), low)
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else default)
+    if args.milp > args.p1:
+        raise UsageError(f"--milp ({args.milp}) must not exceed --p1 ({args.p1})")
+    return args
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("bench_scale.py", lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
     cart = step_cost(gym.make("CartPole-v1"), max(args.steps, 20000))
     print(f"CartPole-v1 env.step: {cart * 1e6:.1f} us (CPU); ratios below are step costs over this")
     print()
@@ -154,18 +253,27 @@ def main() -> None:
         default = name == "mixtral-small"
         copies = args.vec_envs if default else args.vec_envs_large
         vkw = {} if default else {"config": {"preset": name, "episode_tokens": 2}}
-        vec = vector_rate("siftmoe_gym/Decode-v0", copies, args.vec_steps, **vkw)
+        vec = vector_rate("siftmoe_gym/Decode-v0", copies, episodes=args.vec_episodes, **vkw)
         rate, t_milp, worst = p1_rates(env.unwrapped.system, args.p1, args.milp)
         print(f"| {name} | {cfg.num_experts}, {cfg.top_k}, {cfg.num_layers}, {cfg.num_nodes} | {cold:.2f} | {warm:.2f} | "
               + " | ".join(cells)
               + f" | {vec:,.0f} ({copies} copies) | {rate:,.0f} | {t_milp * rate:,.0f}x (max gap {worst:.0e}) |")
     print()
-    cart_vec = vector_rate("CartPole-v1", args.vec_envs, args.vec_steps * 8)
+    print("first env.step (nodes) in a fresh process, wall seconds (above the enumeration table: numba's import "
+          "and cache load): " + "; ".join(f"{p} {first_step_seconds(p):.2f}" for p in ORDER if p in args.presets))
+    found = [(name, *node_search(name, args.steps)) for name in [p for p in ORDER if p in args.presets]]
+    print("node-set steps above the enumeration table: the compiled search's CPU time per decision (replayed, "
+          "no Python call), and the steps it handed to serve_free: "
+          + ("; ".join(f"{name} {us:.1f} us, {a} of {b}" for name, a, b, us in found if b)
+             or "no preset above the table measured"))
+    print()
+    cart_vec = vector_rate("CartPole-v1", args.vec_envs, steps=args.vec_steps)
     print(f"native vector envs at the default size, {args.vec_envs} copies (CartPole-v1: {cart_vec:,.0f} env steps/s):")
     for env_id in ("siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0", "siftmoe_gym/Prefill-v0"):
-        r = vector_rate(env_id, args.vec_envs, args.vec_steps)
+        r = vector_rate(env_id, args.vec_envs, episodes=args.vec_episodes)
         print(f"  {env_id:28s} {r:>12,.0f} env steps/s  ({r / cart_vec:.2f} of CartPole-v1's; target >= 0.33)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
