@@ -74,7 +74,7 @@ def _serve_nodes(dk, gates, node_of, allowed, cap, compute_cost, we, wr):
     kernel = compiled(_partition_kernel, globals(), ("_grow", "_prefix"))
     ok = kernel(np.ascontiguousarray(dk, dtype=np.float64), np.ascontiguousarray(gates, dtype=np.float64),
                 np.ascontiguousarray(node_of, dtype=np.int64), np.ascontiguousarray(allowed, dtype=np.bool_),
-                float(cap), assign)
+                float(cap), REL_TOL, ABS_TOL, assign)
     return assign if ok else None
 
 
@@ -85,11 +85,13 @@ def _grow(a, size):
     return out
 
 
-def _partition_kernel(dk, gates, node_of, allowed, cap, assign):  # noqa: C901 (one exact search, kept whole)
+def _partition_kernel(dk, gates, node_of, allowed, cap, rel, atol, assign):  # noqa: C901 (one exact search, kept whole)
     """The partition search of the module docstring (compiled by numba; plain Python without it).
 
-    ``dk`` (k, N+1), ``gates`` (k,), ``node_of`` (N,), ``allowed`` (M+1,) bool; writes ``assign`` (k,)
-    (-1 = skip) and returns True, or returns False where ``serve_free`` must decide.  Every float is
+    ``dk`` (k, N+1), ``gates`` (k,), ``node_of`` (N,), ``allowed`` (M+1,) bool, ``rel`` / ``atol`` the
+    tolerances of :func:`~siftmoe_gym.bounds.within_budget` (arguments, so that numba's cache follows
+    them); writes ``assign`` (k,) (-1 = skip) and returns True, or returns False where ``serve_free``
+    must decide.  For finite inputs (NaN compares differently here).  Every float is
     summed in the order the docstring's rule states (the same order as the Python it replaced)."""
     k, n1 = dk.shape
     n = n1 - 1
@@ -213,11 +215,11 @@ def _partition_kernel(dk, gates, node_of, allowed, cap, assign):  # noqa: C901 (
         if v > most:
             most = v
     least = stot - most
-    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    thr = cap * (1.0 + rel) + atol
     if abs(least - thr) <= tol:
         return False
     if least > thr:  # serve_free's least-violating cap: the least error, 1e-9 wider
-        thr = (least * (1 + 1e-9)) * (1.0 + REL_TOL) + ABS_TOL
+        thr = (least * (1 + 1e-9)) * (1.0 + rel) + atol
     need = stot - thr  # the saving a decision needs
     lo, hi = need - 2 * tol, need + 2 * tol
     # per family, the fewest single slots that reach the need (the largest savings first): the count cstar

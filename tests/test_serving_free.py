@@ -104,3 +104,37 @@ def test_numba_is_loaded_only_by_the_systems_that_need_it():
             "env.reset(seed=0); env.step(env.action_space.sample()); print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def _twice(x):
+    return 2.0 * _plus_one(x) - 2.0
+
+
+def _plus_one(x):
+    return x + 1.0
+
+
+def test_compiled_without_a_writable_cache_warns_and_compiles_for_the_process(monkeypatch):
+    """numba refuses cache=True where no cache folder is writable (RuntimeError when the dispatcher is made):
+    siftmoe_gym.jit.compiled then compiles without a cache, callees included, and says so once."""
+    import numba
+
+    from siftmoe_gym import jit
+
+    real = numba.njit
+
+    def refusing(*args, **kwargs):
+        if kwargs.get("cache"):
+            def deco(f):
+                raise RuntimeError(f"cannot cache function {f.__name__!r}: no locator available")
+            return deco
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", refusing)
+    monkeypatch.setattr(jit, "_COMPILED", {})
+    ns = globals()  # numba resolves the kernel's callees in its module's globals
+    monkeypatch.setitem(ns, "_plus_one", _plus_one)  # restored after the test
+    with pytest.warns(RuntimeWarning, match="compiling it for this process only"):
+        kernel = jit.compiled(_twice, ns, ("_plus_one",))
+    assert kernel(3.0) == 6.0 and hasattr(kernel, "py_func") and hasattr(ns["_plus_one"], "py_func")
+    assert jit.compiled(_twice, ns, ("_plus_one",)) is kernel  # once per process

@@ -69,6 +69,32 @@ def draw_raw(system, rngs: Sequence[np.random.Generator], num_tokens: int, n_fad
     synthetic = isinstance(wl, SyntheticWorkload)
     fixed = cfg.distances_m is not None
     n_dist = 0 if fixed else m
+    u, z, gam, toks = raw_numbers(system, rngs, num_tokens, n_fading, states)
+    if fixed:
+        distances = np.empty((b, m))
+        distances[:] = np.asarray(cfg.distances_m, dtype=np.float64)
+    else:
+        lo, hi = cfg.distance_range_m
+        distances = lo + (hi - lo) * u[:, :m]  # rng.uniform(lo, hi)'s formula
+    if synthetic:
+        topic = wl.model.topics_from_uniform(u[:, n_dist:])
+        tokens = tokens_from_draws(system, topic, z[:, n_fading:], gam)
+    else:
+        tokens = TokenBatch(*(np.stack([getattr(t, f) for t in toks]) for f in ("probs", "topk", "gates", "norms")))
+    return {"distances": distances, "fading_normals": z[:, :n_fading], "tokens": tokens}
+
+
+def raw_numbers(system, rngs: Sequence[np.random.Generator], num_tokens: int, n_fading: int,
+                states: list | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
+    """The per-copy loop of :func:`draw_raw`: ``(u, z, gam, windows)``, every copy's uniforms (B, M + T) (no
+    distances when ``distances_m`` is fixed), normals (B, n_fading + the workload's), chi-square gamma
+    variates (B, T*L) or None, and a trace workload's sampled windows (else empty), each copy drawn from its
+    own generator in that order."""
+    cfg = system.config
+    wl = system.workload
+    b = len(rngs)
+    synthetic = isinstance(wl, SyntheticWorkload)
+    n_dist = 0 if cfg.distances_m is not None else cfg.num_nodes
     nu, nz, ng = wl.model.routing_draw_sizes(num_tokens) if synthetic else (0, 0, 0)
     u = np.empty((b, n_dist + nu))
     z = np.empty((b, n_fading + nz))
@@ -86,18 +112,15 @@ def draw_raw(system, rngs: Sequence[np.random.Generator], num_tokens: int, n_fad
             toks.append(wl.sample(rng, num_tokens))
         if states is not None:
             states.append(rng.bit_generator.state)
-    if fixed:
-        distances = np.empty((b, m))
-        distances[:] = np.asarray(cfg.distances_m, dtype=np.float64)
-    else:
-        lo, hi = cfg.distance_range_m
-        distances = lo + (hi - lo) * u[:, :m]  # rng.uniform(lo, hi)'s formula
-    if synthetic:
-        topic = wl.model.topics_from_uniform(u[:, n_dist:])
-        tokens = tokens_from_draws(system, topic, z[:, n_fading:], gam)
-    else:
-        tokens = TokenBatch(*(np.stack([getattr(t, f) for t in toks]) for f in ("probs", "topk", "gates", "norms")))
-    return {"distances": distances, "fading_normals": z[:, :n_fading], "tokens": tokens}
+    return u, z, gam, toks
+
+
+def fading_normals(system, setting: str, num_tokens: int) -> int:
+    """How many fading normals one episode of ``setting`` draws: ``2M`` once (decode, prefill) or per token
+    (fastfading), none without fading."""
+    if system.config.fading == "none":
+        return 0
+    return 2 * system.config.num_nodes * (num_tokens if setting == "fastfading" else 1)
 
 
 def _topk_gates(probs: np.ndarray, k: int, renormalize: bool):
@@ -141,9 +164,7 @@ def draw_decode_episodes(system, rngs: Sequence[np.random.Generator], num_tokens
     environment); ``states``, when given, receives each generator's
     ``bit_generator.state`` right after that copy's draws.
     """
-    m = system.config.num_nodes
-    fading = system.config.fading != "none"
-    raw = draw_raw(system, rngs, num_tokens, 2 * m if fading else 0, states)
+    raw = draw_raw(system, rngs, num_tokens, fading_normals(system, "decode", num_tokens), states)
     distances = raw["distances"]
     fad = _fading_from_normals(system, raw["fading_normals"], (len(rngs),))
     gains = system.gains(distances, fad)
@@ -156,7 +177,7 @@ def draw_fastfading_episodes(system, rngs: Sequence[np.random.Generator], num_to
     cfg = system.config
     b, m, t = len(rngs), cfg.num_nodes, num_tokens
     fading = cfg.fading != "none"
-    raw = draw_raw(system, rngs, t, t * 2 * m if fading else 0, states)
+    raw = draw_raw(system, rngs, t, fading_normals(system, "fastfading", t), states)
     distances = raw["distances"]
     fad_z = raw["fading_normals"].reshape(b, t, 2 * m) if fading else None
     proc = system.fading_process((b, m))

@@ -37,7 +37,7 @@ def serve_nodes_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray, n
     n = g.shape[2]
     s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))  # (n, 2, N+1)
-    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), False, s0, s1)
+    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), False, REL_TOL, ABS_TOL, s0, s1)
     ar = np.arange(n)
     return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar], s0, s1
 
@@ -50,12 +50,13 @@ def serve_k2(static, layer, payload, topk, gates, cap, least_error: bool = False
     n = len(payload)
     s0, s1, err = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64), np.empty(n)
     kernel = compiled(_k2_fused, globals(), ("_k2_choice",))
-    kernel(d_t[layer], off[layer], topk, gates, payload, float(cap), least_error, s0, s1, err)
+    kernel(d_t[layer], off[layer], topk, gates, payload, float(cap), least_error, REL_TOL, ABS_TOL, s0, s1, err)
     return s0 * d_t.shape[1] + s1, err
 
 
-def _k2_choice(b, thr, least_error):  # noqa: C901 (one copy's choice, kept whole)
-    """``(s0, s1)`` of one copy from its terms ``b`` (2, N+1) (``thr``: the cap with its tolerance): the rule
+def _k2_choice(b, thr, least_error, rel, atol):  # noqa: C901 (one copy's choice, kept whole)
+    """``(s0, s1)`` of one copy from its terms ``b`` (2, N+1) (``thr``: the cap with its tolerance; ``rel``,
+    ``atol``: :func:`~siftmoe_gym.bounds.within_budget`'s, passed in so that numba's cache follows them): the rule
     of :func:`serve_nodes_k2`, or with ``least_error`` that of :func:`serve_least_error_k2`; the same sums
     and comparisons as those docstrings state, one copy at a time."""
     n1 = b.shape[1]
@@ -97,7 +98,7 @@ def _k2_choice(b, thr, least_error):  # noqa: C901 (one copy's choice, kept whol
     for e in range(nn):
         m2 = min(m2, b[0, e] + (p1 if b[1, e] == p0 else p0))
     best = min(min(lev0, m1), m2)
-    key = m2 if m2 <= thr else best * (1.0 + REL_TOL) + ABS_TOL
+    key = m2 if m2 <= thr else best * (1.0 + rel) + atol
     if m1 <= thr:
         key = m1
     if lev0 <= thr:
@@ -119,17 +120,17 @@ def _k2_choice(b, thr, least_error):  # noqa: C901 (one copy's choice, kept whol
     return e2, 0
 
 
-def _k2_terms(gt, cap, least_error, out0, out1):
+def _k2_terms(gt, cap, least_error, rel, atol, out0, out1):
     """:func:`_k2_choice` of every copy of ``gt`` (n, 2, N+1)."""
-    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    thr = cap * (1.0 + rel) + atol
     for c in range(gt.shape[0]):
-        out0[c], out1[c] = _k2_choice(gt[c], thr, least_error)
+        out0[c], out1[c] = _k2_choice(gt[c], thr, least_error, rel, atol)
 
 
-def _k2_fused(d, off, topk, gates, payload, cap, least_error, out0, out1, err):
+def _k2_fused(d, off, topk, gates, payload, cap, least_error, rel, atol, out0, out1, err):
     """:func:`_k2_choice` of every copy, its terms ``d[e, topk[j]] * gates[j] + off[e, payload]`` built
     first (``d`` (N+1, N), ``off`` (N+1, 2^M): one layer's :func:`serving_static` arrays), and its error."""
-    thr = cap * (1.0 + REL_TOL) + ABS_TOL
+    thr = cap * (1.0 + rel) + atol
     n1 = d.shape[0]
     b = np.empty((2, n1))
     for c in range(len(payload)):
@@ -138,7 +139,7 @@ def _k2_fused(d, off, topk, gates, payload, cap, least_error, out0, out1, err):
             for e in range(n1):
                 v = d[e, t] * gj
                 b[j, e] = v + off[e, pc]
-        s0, s1 = _k2_choice(b, thr, least_error)
+        s0, s1 = _k2_choice(b, thr, least_error, rel, atol)
         out0[c], out1[c] = s0, s1
         err[c] = b[0, s0] + b[1, s1]
 
@@ -258,7 +259,7 @@ def serve_least_error_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndar
     n = g.shape[2]
     s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))
-    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), True, s0, s1)
+    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), True, REL_TOL, ABS_TOL, s0, s1)
     ar = np.arange(n)
     return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar]
 
