@@ -158,3 +158,20 @@ def test_spread_average_term_sums_to_the_end_of_episode_charge():
         want = average_penalty(info["mean_error_ratio"], u.env_config["episode_tokens"], u.env_config["penalty"])
         assert want < 0.0
         assert total == pytest.approx(want, rel=1e-9)
+
+
+def test_decode_least_feasible_terms_from_node_minima_equal_the_direct_minimum():
+    """Decode's cost_accuracy test takes each expert's least term over the feasible servers from the per-node
+    minima (FeatureTables.node_best) and skip: the very minimum over the servers themselves, node 0 (and so
+    skip) feasible or not, empty nodes included."""
+    env = gym.make("siftmoe_gym/Decode-v0", config={"num_experts": 64, "top_k": 8, "num_layers": 3, "num_nodes": 12})
+    u = env.unwrapped
+    env.reset(seed=0)
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        layer = int(rng.integers(u.n_layers))
+        feas = rng.random(u.n_nodes + 1) < rng.random()
+        u._least_free = {}
+        u._avoidable(0, layer, feas, 0.1)
+        direct = np.where(feas[u._node_ext[layer]], u.system.delta_ext[layer], np.inf).min(axis=1)
+        np.testing.assert_array_equal(u._least_free[layer], direct)

@@ -133,7 +133,8 @@ class FeatureTables:
     expert ``i`` to an expert on node 0 or node ``m``; ``solo_best_rows``
     the same as rows (L*N, M+1); ``slot_best[l, i]`` (L, N, M+2): least
     dissimilarity of expert ``i`` to an expert of each node 0..M (1e30 on a
-    node without experts), then its skip cost ``σ_i`` (the ``slot_error`` block).
+    node without experts), then its skip cost ``σ_i`` (the ``slot_error`` block); ``node_best`` (L, N, M+1)
+    the same node minima with ``inf`` on a node without experts.
     """
 
     def __init__(self, system, eps_div: np.ndarray):
@@ -153,6 +154,7 @@ class FeatureTables:
             has = counts > 0
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
             pernode[lay][:, has] = np.minimum.reduceat(dext[lay][:, order], starts, axis=1)
+        self.node_best = pernode  # (L, N, M+1), inf on an empty node
         self.slot_best = np.concatenate([np.minimum(pernode, 1e30), dext[:, :, n:]], axis=2)  # (L, N, M+2)
         base = np.minimum(pernode[:, :, 0], dext[:, :, n])  # node 0 or skip (L, N)
         self.solo_best = np.minimum(base[:, None, :], pernode.transpose(0, 2, 1))  # (L, M+1, N)
