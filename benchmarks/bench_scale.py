@@ -12,13 +12,14 @@ same run, so that a busy shared machine shifts both:
   with an empty temporary model cache, then again with the cache it left
   (``siftmoe_gym.cache``); wall seconds.
 - **env.step** per action mode (``nodes``, ``discrete`` when ``M <= 16``,
-  ``experts``, ``slots``): random actions from the seeded action space,
-  resets included, after two untimed resets and 50 untimed steps (numba's
-  cache load, the allocator's first page faults; for presets served above the
-  enumeration table the first step of a fresh process is timed on its own
-  below the table, with numba's cache and with an empty one), in CPU
-  microseconds per step, and as a multiple of
-  CartPole-v1's ``env.step`` (``gym.make``, the same wrappers) measured here.
+  ``experts``, ``slots``): random actions from the seeded action space, over
+  whole episodes (at least ``--steps`` steps), each episode's reset included,
+  after two untimed resets and 50 untimed steps (numba's cache load, the
+  allocator's first page faults; for presets served above the enumeration
+  table the first step of a fresh process is timed on its own below the
+  table, with numba's cache and with an empty one), in CPU microseconds per
+  step, and as a multiple of CartPole-v1's ``env.step`` (``gym.make``, the
+  same wrappers) measured here.
 - **vector**: the native vector ``Decode-v0`` (``vectorization_mode="vector_entry_point"``,
   random node sets) in environment steps (calls x copies) per CPU second,
   timed over ``--vec-episodes`` whole episodes, each episode's autoreset
@@ -88,9 +89,11 @@ def first_step_seconds(name: str, cold: bool = False) -> float:
 
 
 def step_cost(env, steps: int, warmup: int = 50) -> float:
-    """CPU seconds per ``env.step`` with random actions, resets included, after two untimed resets and
-    ``warmup`` untimed steps (numba's compilation or cache load on the first node-set step above the
-    enumeration table, the memory allocator's first page faults on the episode tables)."""
+    """CPU seconds per ``env.step`` with random actions over whole episodes, each episode's reset included:
+    from a fresh episode until at least ``steps`` steps have run and the episode in progress has ended and
+    been reset. Before it, untimed: two resets and ``warmup`` steps (numba's compilation or cache load on
+    the first node-set step above the enumeration table, the memory allocator's first page faults on the
+    episode tables)."""
     env.reset(seed=1)
     env.reset(seed=0)
     env.action_space.seed(0)
@@ -99,13 +102,18 @@ def step_cost(env, steps: int, warmup: int = 50) -> float:
         _, _, term, trunc, _ = env.step(sample())
         if term or trunc:
             env.reset()
-    acts = [sample() for _ in range(steps)]
+    acts = [sample() for _ in range(256)]
+    env.reset(seed=2)
+    done = 0
     c0 = time.process_time()
-    for a in acts:
-        _, _, term, trunc, _ = env.step(a)
+    while True:
+        _, _, term, trunc, _ = env.step(acts[done % 256])
+        done += 1
         if term or trunc:
             env.reset()
-    return (time.process_time() - c0) / steps
+            if done >= steps:
+                break
+    return (time.process_time() - c0) / done
 
 
 def node_search(name: str, steps: int) -> tuple[int, int, float]:
