@@ -124,17 +124,22 @@ def record(out: Path, skip_quick: bool, rollouts_only: bool = False) -> None:
         quick_table(out)
 
 
+def parts(skip_quick: bool, rollouts_only: bool = False) -> list[str]:
+    """The files a snapshot recorded with these options holds (and ``check`` compares)."""
+    out = ["rollouts.json"]
+    if not rollouts_only:
+        out += ["compare/episodes.csv", "compare/summary.csv", "compare/report.md"]
+    if not (skip_quick or rollouts_only):
+        out.append("quick.txt")
+    return out
+
+
 def check(ref: Path, skip_quick: bool, rollouts_only: bool = False) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         new = Path(tmp)
         record(new, skip_quick, rollouts_only)
-        parts = ["rollouts.json"]
-        if not rollouts_only:
-            parts += ["compare/episodes.csv", "compare/summary.csv", "compare/report.md"]
-        if not (skip_quick or rollouts_only):
-            parts.append("quick.txt")
         bad = 0
-        for p in parts:
+        for p in parts(skip_quick, rollouts_only):
             a, b = (ref / p).read_text().splitlines(), (new / p).read_text().splitlines()
             if a == b:
                 print(f"same       {p}")
@@ -146,13 +151,30 @@ def check(ref: Path, skip_quick: bool, rollouts_only: bool = False) -> int:
     return 1 if bad else 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="behaviour_snapshot.py", description=__doc__.split("\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, DIR checked before anything is recorded (:class:`~siftmoe_gym.cli.UsageError`)."""
+    from siftmoe_gym.cli import OneLineParser, UsageError
+
+    ap = OneLineParser(prog="behaviour_snapshot.py", description=__doc__.split("\n")[0])
     ap.add_argument("action", choices=("record", "check"))
     ap.add_argument("dir", type=Path)
     ap.add_argument("--skip-quick", action="store_true", help="leave out the train.py --quick table (about a minute)")
     ap.add_argument("--rollouts-only", action="store_true", help="only the environment rollouts (seconds)")
     args = ap.parse_args(argv)
+    if args.action == "record":
+        if args.dir.exists() and not args.dir.is_dir():
+            raise UsageError(f"DIR is not a folder: {args.dir}")
+    else:
+        if not args.dir.is_dir():
+            raise UsageError(f"DIR: no recorded snapshot folder at {args.dir} (record one first)")
+        missing = [p for p in parts(args.skip_quick, args.rollouts_only) if not (args.dir / p).is_file()]
+        if missing:
+            raise UsageError(f"DIR {args.dir} has no {', '.join(missing)} (recorded with --skip-quick or "
+                             "--rollouts-only? check with the same)")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     if args.action == "record":
         record(args.dir, args.skip_quick, args.rollouts_only)
@@ -161,5 +183,11 @@ def main(argv=None) -> int:
     return check(args.dir, args.skip_quick, args.rollouts_only)
 
 
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("behaviour_snapshot.py", lambda: run(parse_args(argv)))
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

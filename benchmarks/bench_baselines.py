@@ -16,6 +16,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -76,10 +77,15 @@ def bench_p2(system: WideSystem, blocks: int, tokens: int, rng) -> None:
     print(f"[P2 T={tokens}] time per block: exact program {t_ex / blocks * 1e3:.1f} ms, fast {t_fast / blocks * 1e3:.1f} ms")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    from siftmoe_gym.cli import OneLineParser
+
+    p = OneLineParser(prog="bench_baselines.py", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smaller samples")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     q = args.quick
     default = WideSystem("mixtral-small")
@@ -88,7 +94,14 @@ def main() -> None:
                       "model": {"num_clusters": 8, "calibration_tokens": 256}})
     bench_p1(big, 100 if q else 400, 10 if q else 30, rng, "N=64 k=8 M=8")
     bench_p2(default, 10 if q else 40, 16, rng)
+    return 0
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("bench_baselines.py", lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

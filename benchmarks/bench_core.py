@@ -17,6 +17,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"  # one core; must be set before numpy is imported
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from siftmoe_gym import WideSystem  # noqa: E402
 from siftmoe_gym.bounds import error_bound  # noqa: E402
+from siftmoe_gym.config import PRESETS  # noqa: E402
 from siftmoe_gym.instances import evaluate_decode_batch  # noqa: E402
 
 TARGET = 1_000_000
@@ -45,14 +47,30 @@ def _rate(fn, batch: int, seconds: float) -> float:
             return calls * batch / elapsed
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked (:class:`~siftmoe_gym.cli.UsageError` naming the option)."""
+    from siftmoe_gym.cli import OneLineParser, UsageError, at_least
+
+    ap = OneLineParser(prog="bench_core.py", description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--preset", default="mixtral-small")
+    ap.add_argument("--preset", default="mixtral-small", choices=sorted(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    at_least("--batch", args.batch, 1)
+    at_least("--seed", args.seed, 0)
+    if not (0 < args.seconds < math.inf):
+        raise UsageError(f"--seconds must be a positive finite number, got {args.seconds}")
+    return args
 
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("bench_core.py", lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
     system = WideSystem(args.preset)
     cfg = system.config
     rng = np.random.default_rng(args.seed)
@@ -97,4 +115,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

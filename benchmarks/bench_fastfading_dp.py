@@ -25,12 +25,14 @@ import numpy as np  # noqa: E402
 
 import baselines  # noqa: E402
 import siftmoe_gym  # noqa: E402, F401
-from agents.evaluation import mean_ci95  # noqa: E402
 from siftmoe_gym.evaluation import run_episode  # noqa: E402
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench_fastfading_dp.py", description=__doc__.split("\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    """The options, checked (:class:`~siftmoe_gym.cli.UsageError` naming the option)."""
+    from siftmoe_gym.cli import OneLineParser, UsageError, at_least
+
+    ap = OneLineParser(prog="bench_fastfading_dp.py", description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=40)
     ap.add_argument("--seed", type=int, default=1_000_003, help="first episode seed (default: the evaluation seeds)")
     ap.add_argument("--samples", type=int, nargs="+", default=[32, 64, 128, 256, 512])
@@ -38,8 +40,26 @@ def main(argv=None) -> int:
     ap.add_argument("--fixed-samples", type=int, default=256, help="samples while the grid varies")
     ap.add_argument("--fixed-grid", type=int, default=129, help="grid while the samples vary")
     args = ap.parse_args(argv)
-    if args.episodes < 2:
-        ap.error("--episodes must be >= 2")
+    at_least("--episodes", args.episodes, 2)
+    at_least("--seed", args.seed, 0)
+    for name, values, low in (("--samples", args.samples, 1), ("--grids", args.grids, 2)):
+        bad = [v for v in values if v < low]
+        if bad:
+            raise UsageError(f"{name} must all be >= {low}, got {bad}")
+    at_least("--fixed-samples", args.fixed_samples, 1)
+    at_least("--fixed-grid", args.fixed_grid, 2)
+    return args
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("bench_fastfading_dp.py", lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.evaluation import mean_ci95  # loads torch: after the options are checked
+
     env = gym.make("siftmoe_gym/FastFading-v0", action_mode="slots")
     seeds = list(range(args.seed, args.seed + args.episodes))
     pairs = [(s, args.fixed_grid) for s in args.samples] + [(args.fixed_samples, g) for g in args.grids
@@ -79,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

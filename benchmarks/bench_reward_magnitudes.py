@@ -68,16 +68,27 @@ def measure(cfg: dict, episodes: int, seed0: int = 1000) -> str:
             f"{pays} of {episodes * steps} steps")
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench_reward_magnitudes.py", description=__doc__.split("\n")[0])
+def parse_args(argv=None) -> argparse.Namespace:
+    from siftmoe_gym.cli import OneLineParser, at_least
+
+    ap = OneLineParser(prog="bench_reward_magnitudes.py", description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=30)
     args = ap.parse_args(argv)
-    if args.episodes < 1:
-        ap.error("--episodes must be >= 1")
+    at_least("--episodes", args.episodes, 1)
+    return args
+
+
+def main(argv=None) -> int:
+    from siftmoe_gym.cli import run_main
+
+    return run_main("bench_reward_magnitudes.py", lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
     for name, cfg in CONFIGS.items():
         print(f"{name}: {measure(cfg, args.episodes)}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -17,10 +17,10 @@ Default folder: ``~/.cache/siftmoe_gym/tiny-moe`` (``$SIFTMOE_CACHE`` overrides
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -194,8 +194,36 @@ def load_or_train(path: str | Path | None = None, **train_kwargs):
     return load_moe_model(path)
 
 
+def _check_args(args) -> None:
+    """Every option checked before torch loads (:class:`siftmoe_gym.cli.UsageError` naming the option)."""
+    from ..cli import UsageError, at_least
+
+    if args.cmd == "train":
+        for name, low in (("--steps", 1), ("--batch-size", 1), ("--seq-len", 2), ("--seed", 0), ("--threads", 1)):
+            at_least(name, getattr(args, name[2:].replace("-", "_")), low)
+        if not 0 < args.lr < math.inf:
+            raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
+        if not args.max_seconds > 0:
+            raise UsageError(f"--max-seconds must be > 0, got {args.max_seconds}")
+        if args.out is not None:
+            out = Path(args.out)
+            first = next(p for p in (out, *out.parents) if p.exists())
+            if not first.is_dir():
+                raise UsageError(f"--out: {first} is not a folder")
+        return
+    at_least("--tokens", args.tokens, 2)
+    at_least("--threads", args.threads, 1)
+    model = Path(args.model or default_dir())
+    if not (model / "config.json").is_file():
+        raise UsageError(f"--model: no saved tiny model (config.json) at {model}; train one first: "
+                         "python -m siftmoe_gym.hf.tiny_model train" + (f" --out {args.model}" if args.model else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m siftmoe_gym.hf.tiny_model", description=__doc__.split("\n")[0])
+    from ..cli import OneLineParser, run_main
+
+    prog = "python -m siftmoe_gym.hf.tiny_model"
+    ap = OneLineParser(prog=prog, description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the tiny MoE and save it")
     t.add_argument("--out", default=None, help=f"output folder (default {default_dir()})")
@@ -210,22 +238,27 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", default=None)
     e.add_argument("--tokens", type=int, default=16384)
     e.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        info = train(args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                     seed=args.seed, threads=args.threads, max_seconds=args.max_seconds)
-        print(json.dumps(info, indent=2))
-    else:
-        import torch
 
-        from .loading import load_moe_model
+    def body() -> int:
+        args = ap.parse_args(argv)
+        _check_args(args)
+        if args.cmd == "train":
+            info = train(args.out, steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                         seed=args.seed, threads=args.threads, max_seconds=args.max_seconds)
+            print(json.dumps(info, indent=2))
+        else:
+            import torch
 
-        torch.set_num_threads(args.threads)
-        model, _ = load_moe_model(args.model or default_dir())
-        acc, ppl = heldout_accuracy(model, args.tokens)
-        print(json.dumps({"heldout_accuracy": acc, "heldout_perplexity": ppl, "tokens": args.tokens}))
-    return 0
+            from .loading import load_moe_model
+
+            torch.set_num_threads(args.threads)
+            model, _ = load_moe_model(args.model or default_dir())
+            acc, ppl = heldout_accuracy(model, args.tokens)
+            print(json.dumps({"heldout_accuracy": acc, "heldout_perplexity": ppl, "tokens": args.tokens}))
+        return 0
+
+    return run_main(prog, body)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
