@@ -325,7 +325,7 @@ class SiftMoEEnv(gym.Env):
                 return self._result_from_combo(idx, s, layer, cost, feas, viol, active)
             # solve_decode on the instance with the activated nodes' costs set to 0, without building it
             assign = serve_nodes(dk, gates, node_of, active, cap, self.compute_cost, we, wr)
-            servers = np.where(assign < 0, n, assign)
+            servers = assign  # -1 (skip) indexes dk's last column, the skip cost
             computed = np.zeros(n, dtype=bool)
             computed[assign[assign >= 0]] = True
         elif kind == "experts":
