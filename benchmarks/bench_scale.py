@@ -1,7 +1,7 @@
 """Real model sizes (issue 18): build, step, vector and exact-P1 costs over the presets, in one run.
 
     python benchmarks/bench_scale.py [--presets deepseek-v3 ...] [--steps 2000] [--vec-envs 1024]
-                                     [--vec-envs-large 64] [--vec-episodes 2] [--vec-steps 512]
+                                     [--vec-envs-large 64] [--vec-episodes 2] [--vec-steps 4096]
                                      [--p1 300] [--milp 10] [--quick]
 
 Every figure is measured in this run, on one core (BLAS and OpenMP set to one
@@ -233,7 +233,7 @@ def build_times(name: str) -> tuple[float, float, object]:
 
 COUNTS = {  # option: (default, --quick default, least value)
     "steps": (2000, 200, 1), "vec_envs": (1024, 1024, 1), "vec_envs_large": (64, 64, 1), "vec_episodes": (2, 1, 1),
-    "vec_steps": (512, 64, 1), "p1": (300, 30, 1), "milp": (10, 3, 0),
+    "vec_steps": (4096, 512, 1), "p1": (300, 30, 1), "milp": (10, 3, 0),
 }
 
 
@@ -248,7 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--vec-envs", type=int, help="copies of the native vector envs at the default size (1024)")
     ap.add_argument("--vec-envs-large", type=int, help="copies of the vector env above the default size (64)")
     ap.add_argument("--vec-episodes", type=int, help="whole episodes per native vector env, autoresets included (2; --quick 1)")
-    ap.add_argument("--vec-steps", type=int, help="CartPole-v1's native vector env calls (512; --quick 64)")
+    ap.add_argument("--vec-steps", type=int, help="CartPole-v1's native vector env calls (4096, about 0.3 s: a shorter window let one hiccup halve the reference; --quick 512)")
     ap.add_argument("--p1", type=int, help="random P1 instances per preset (300; --quick 30)")
     ap.add_argument("--milp", type=int, help="of which solved by the integer program (10; --quick 3)")
     ap.add_argument("--quick", action="store_true", help="about a tenth of the samples")
