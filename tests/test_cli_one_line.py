@@ -116,3 +116,10 @@ def test_valid_options_reach_the_work(capsys, monkeypatch):
     assert args["bench_training_throughput"].vec == ["native", "dummy", "subproc"]
     assert args["bench_training_throughput"].copies == [8, 64] and args["bench_reward_magnitudes"].episodes == 30
     assert capsys.readouterr().err == ""
+
+
+def test_training_throughput_knows_the_vec_kinds_sb3_vec_builds():
+    """bench_training_throughput keeps its own copy of the --vec names (sb3_vec loads torch): the same names."""
+    from siftmoe_gym.envs.sb3_vec import VEC_KINDS
+
+    assert tuple(_bench("bench_training_throughput").VECS) == tuple(VEC_KINDS)
