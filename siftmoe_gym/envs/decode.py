@@ -11,7 +11,7 @@ from ..serving import pick_row
 from ..serving_table import err_table
 from .base import SiftMoEEnv
 from .episodes import draw_decode_episodes, episode_row
-from .rewards import constraint_costs, reward_terms
+from .rewards import constraint_costs, least_feasible_terms, reward_terms
 
 
 _MIN = np.minimum.reduce
@@ -375,14 +375,14 @@ class DecodeEnv(SiftMoEEnv):
 
     def _avoidable(self, s: int, layer: int, feas: np.ndarray, thr: float) -> bool:
         """:meth:`SiftMoEEnv._avoidable` from each expert's least term over the episode's latency-feasible
-        servers (the links are fixed for the episode), computed once per layer and episode from the per-node
-        minima (``FeatureTables.node_best``): the same per-slot minima and the same sum over the slots as
-        :func:`~siftmoe_gym.envs.rewards.avoidable_rows`."""
+        servers (the links are fixed for the episode), computed once per layer and episode
+        (:func:`~siftmoe_gym.envs.rewards.least_feasible_terms`, as the native vector env does): the same
+        per-slot minima and the same sum over the slots as :func:`~siftmoe_gym.envs.rewards.avoidable_rows`."""
         least = self._least_free.get(layer)
-        if least is None:  # the minimum over the feasible nodes' minima and skip (node 0's): the same minimum
-            best = np.where(feas, self._features.node_best[layer], np.inf).min(axis=1)
-            skip = self.system.delta_ext[layer][:, self.n_experts] if feas[0] else np.inf
-            least = self._least_free[layer] = np.minimum(best, skip)
+        if least is None:
+            sl = slice(layer, layer + 1)
+            least = least_feasible_terms(self._features.node_best[sl], self.system.delta_ext[sl, :, -1], feas[None])
+            least = self._least_free[layer] = least[0, 0]
         return bool(within_budget((self._gates[s] * least[self._topk[s]]).sum(), thr))
 
     def _step_costs(self):

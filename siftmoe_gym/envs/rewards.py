@@ -134,6 +134,16 @@ def avoidable_rows(dk: np.ndarray, gates: np.ndarray, feas: np.ndarray, node_ext
     return within_budget(least, thr)
 
 
+def least_feasible_terms(node_best: np.ndarray, skip: np.ndarray, feas: np.ndarray) -> np.ndarray:
+    """(n, L, N): each expert's least ``Delta_ext`` over the servers on latency-feasible nodes, skip included
+    when node 0 is feasible (as :func:`avoidable_rows` allows it), per row of ``feas`` (n, M+1): the per-slot
+    minima of :func:`avoidable_rows` for every expert at once, for links fixed over an episode.  From the
+    per-node minima ``node_best`` (L, N, M+1) (``FeatureTables.node_best``, inf on a node without experts) and
+    the skip costs ``skip`` (L, N): a minimum over the nodes' minima is the minimum over their servers."""
+    best = np.where(feas[:, None, None, :], node_best[None], np.inf).min(axis=3)
+    return np.minimum(best, np.where(feas[:, 0, None, None], skip[None], np.inf))
+
+
 def constraint_costs(accuracy_violation, latency_violation, average=None) -> dict:
     """A step's constraint costs as safe-RL environments report them (Safety-Gymnasium's convention: one
     ``cost_<constraint>`` per budget and their sum ``cost``), scalars or arrays over copies:

@@ -56,9 +56,9 @@ from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
 from .observations import budget_features
-from .rewards import average_excess, average_step_penalty, avoidable_rows, constraint_costs, reward_terms_batch
-from .vector_kernels import (decode_nodes_int8, least_feasible_terms, serve_assignment_actions, serve_k2, serve_nodes,
-                             serving_static, slot_sum)
+from .rewards import (average_excess, average_step_penalty, avoidable_rows, constraint_costs, least_feasible_terms,
+                      reward_terms_batch)
+from .vector_kernels import decode_nodes_int8, serve_assignment_actions, serve_k2, serve_nodes, serving_static, slot_sum
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
 _UNUSED = frozenset(("probs", "norms", "topk_used", "topk_count", "margin"))  # episode tables the steps never read
@@ -176,7 +176,7 @@ class SiftMoEVectorEnv(VectorEnv):
         self._sums = np.zeros((4, n))  # energy, top-k energy, violations, latency violations
         ones = self._mask()
         # Decode: each expert's least error term over the latency-feasible servers (the avoidable test)
-        self._least_free = least_feasible_terms(env.system.delta_ext, env._node_ext, self._feas) \
+        self._least_free = least_feasible_terms(env._features.node_best, env.system.delta_ext[:, :, -1], self._feas) \
             if self.setting == "decode" else None
         self._node_onehot = np.zeros((env.n_layers, env.n_experts, env.n_nodes + 1))
         for lay in range(env.n_layers):

@@ -226,14 +226,6 @@ def slot_sum(rows: np.ndarray, topk_t: np.ndarray, gates_t: np.ndarray, gates: n
     return (gates * np.take(rows, topk + np.reshape(base, (-1, 1)))).sum(axis=1)
 
 
-def least_feasible_terms(delta_ext: np.ndarray, node_ext: np.ndarray, feas: np.ndarray) -> np.ndarray:
-    """(n, L, N): each expert's least ``Delta_ext`` over the servers on latency-feasible nodes (skip
-    included), per copy (``feas`` (n, M+1)): the per-slot minima of
-    :func:`~siftmoe_gym.envs.rewards.avoidable_rows`, for a whole episode of fixed links."""
-    allowed = feas[:, node_ext]  # (n, L, N+1)
-    return np.where(allowed[:, :, None, :], delta_ext[None], np.inf).min(axis=3)
-
-
 def node_terms(static, layer, payload, topk, gates) -> np.ndarray:
     """(N+1, k, n): each server's gate-weighted error term per slot (``Delta_ext[topk slot, server] * gate``,
     the factors of :func:`~siftmoe_gym.serving_table.err_table`), ``inf`` for servers off node 0 and the
