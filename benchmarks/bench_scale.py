@@ -30,7 +30,7 @@ same run, so that a busy shared machine shifts both:
   tables take about 40 MB, 1,024 copies would not fit in memory).
 - **node-set search**: over ``--steps`` random ``nodes`` steps per preset
   above the enumeration table, the compiled partition search's
-  (``siftmoe_gym.serving_free``) CPU time per decision, replayed on the
+  (``siftmoe_gym.partition_search``) CPU time per decision, replayed on the
   recorded inputs without the Python call, and how many steps it handed to
   the slot dynamic program ``serve_free`` (near-ties, see that module).
 - **P1**: exact P1 (``solve_decode_batch``) on ``--p1`` random instances
@@ -120,11 +120,12 @@ def node_search(name: str, steps: int) -> tuple[int, int, float]:
     """Over ``steps`` random ``nodes`` actions of preset ``name``: (steps that ``serving_free.serve_nodes``
     handed to ``serve_free``, node-set steps it served, CPU microseconds per decision of the compiled search
     alone, replayed on the recorded inputs); (0, 0, nan) where the enumeration table serves."""
+    import siftmoe_gym.partition_search as ps
     import siftmoe_gym.serving_free as sf
     from siftmoe_gym.bounds import ABS_TOL, REL_TOL
     from siftmoe_gym.jit import compiled
 
-    inner, count, inputs = sf._serve_nodes, [0, 0], []
+    inner, count, inputs = sf.serve_partition, [0, 0], []
 
     def counting(dk, gates, node_of, allowed, cap, *rest):
         out = inner(dk, gates, node_of, allowed, cap, *rest)
@@ -134,14 +135,14 @@ def node_search(name: str, steps: int) -> tuple[int, int, float]:
                        np.asarray(node_of, dtype=np.int64), np.asarray(allowed, dtype=np.bool_), float(cap)))
         return out
 
-    sf._serve_nodes = counting
+    sf.serve_partition = counting
     try:
         step_cost(gym.make("siftmoe_gym/Decode-v0", config=name, action_mode="nodes"), steps, warmup=0)
     finally:
-        sf._serve_nodes = inner
+        sf.serve_partition = inner
     if not inputs:
         return 0, 0, float("nan")
-    kernel = compiled(sf._partition_kernel, vars(sf), ("_grow", "_prefix"))
+    kernel = compiled(ps._partition_kernel, vars(ps), ("_grow", "_prefix"))
     out = np.empty(len(inputs[0][1]), dtype=np.int64)
     c0 = time.process_time()
     for dk, gates, node_of, allowed, cap in inputs:

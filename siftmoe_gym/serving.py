@@ -47,6 +47,7 @@ import numpy as np
 from .bounds import ABS_TOL, REL_TOL
 from .bounds import within_budget as _within
 from .instances import DecodeInstance
+from .partition_search import serve_partition
 from .serving_table import TABLE_LIMIT, ServingTable, combos, err_table  # noqa: F401  (ServingTable, err_table: re-exported)
 
 
@@ -319,8 +320,10 @@ def _search_solve(inst: DecodeInstance, allowed: np.ndarray, cap: float, we: flo
         raise ValueError(
             f"exact P1 searches subsets of the costly allowed nodes with a useful expert: {a} > "
             f"{MAX_SEARCH_NODES} of them (2^{a} subsets); allow fewer nodes")
-    if a == 0:  # every allowed node is free (or none is allowed): one dynamic program
-        return serve_free(dk, g, inst.node_of, base_nodes, cap, inst.compute_cost, we, wr, pernode[:, base_nodes])
+    if a == 0:  # every allowed node is free (or none is allowed): serve_free's choice, by the partition search
+        assign = serve_partition(dk, g, inst.node_of, base_nodes, cap, inst.compute_cost, we, wr)
+        return assign if assign is not None else serve_free(dk, g, inst.node_of, base_nodes, cap, inst.compute_cost,
+                                                            we, wr, pernode[:, base_nodes])
     nsub = 1 << a
     best_per = np.empty((nsub, k))
     best_per[0] = np.minimum(pernode[:, base_nodes].min(axis=1), dk[:, n])

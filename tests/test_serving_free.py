@@ -10,7 +10,8 @@ import pytest
 from baselines.common import random_decode_instance, with_changes
 from siftmoe_gym import WideSystem
 from siftmoe_gym.serving import serve_free, solve_decode
-from siftmoe_gym.serving_free import _serve_nodes, serve_nodes
+from siftmoe_gym.partition_search import serve_partition
+from siftmoe_gym.serving_free import serve_nodes
 
 N, K, M = 256, 8, 16
 
@@ -59,7 +60,7 @@ def test_serve_nodes_equals_the_slot_dynamic_program(kind):
             ref = serve_free(dk, gates, node_of, allowed, cap, ec)
             got = serve_nodes(dk, gates, node_of, allowed, cap, ec)
             assert np.array_equal(got, ref), (kind, q, cap, got, ref)
-            fast += _serve_nodes(dk, gates, node_of, allowed, cap, ec, 1.0, 0.0) is not None
+            fast += serve_partition(dk, gates, node_of, allowed, cap, ec, 1.0, 0.0) is not None
             total += 1
     if kind != "grid":
         assert fast >= total // 3  # the shortcut itself is what was compared, not only its fallback
@@ -68,7 +69,7 @@ def test_serve_nodes_equals_the_slot_dynamic_program(kind):
 def test_weighted_objectives_are_served_by_the_dynamic_program():
     rng = np.random.default_rng(5)
     dk, gates, node_of, allowed = _case(rng, "continuous")
-    assert _serve_nodes(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5) is None
+    assert serve_partition(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5) is None
     assert np.array_equal(serve_nodes(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5),
                           serve_free(dk, gates, node_of, allowed, 0.3, 1e-3, 2.0, 0.5))
 
@@ -138,3 +139,29 @@ def test_compiled_without_a_writable_cache_warns_and_compiles_for_the_process(mo
         kernel = jit.compiled(_twice, ns, ("_plus_one",))
     assert kernel(3.0) == 6.0 and hasattr(kernel, "py_func") and hasattr(ns["_plus_one"], "py_func")
     assert jit.compiled(_twice, ns, ("_plus_one",)) is kernel  # once per process
+
+
+def test_exact_p1_takes_the_partition_search_only_where_it_equals_the_dynamic_program(monkeypatch):
+    """solve_decode serves subsets without costly nodes by serve_partition: the same assignments, energies and
+    errors as with the slot dynamic program alone (serve_partition forced to decline)."""
+    from siftmoe_gym import serving
+
+    system = WideSystem(BIG)
+    rng = np.random.default_rng(11)
+    insts = [random_decode_instance(system, rng, budget_range=(0.2, 2.5)) for _ in range(120)]
+    # every other instance with its feasible edge nodes free: the search then has no costly node to branch on
+    insts = [with_changes(i, node_cost=np.where(i.node_feasible, 0.0, i.node_cost)) if q % 2 else i
+             for q, i in enumerate(insts)]
+    args = (np.stack([i.gates for i in insts]), np.stack([i.topk for i in insts]), np.array([i.layer for i in insts]),
+            system.delta_ext, system.node_of, np.stack([i.node_cost for i in insts]),
+            np.stack([i.node_feasible for i in insts]), np.array([i.budget for i in insts]),
+            system.config.compute_energy_j)
+    calls = []
+    real = serving.serve_partition
+    monkeypatch.setattr(serving, "serve_partition", lambda *a: calls.append(1) or real(*a))
+    fast = serving.solve_decode_batch(*args)
+    monkeypatch.setattr(serving, "serve_partition", lambda *a: None)
+    slow = serving.solve_decode_batch(*args)
+    assert len(calls) >= 60  # the branch was taken
+    for x, y in zip(fast, slow):
+        np.testing.assert_array_equal(x, y)
