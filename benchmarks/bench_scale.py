@@ -15,7 +15,7 @@ same run, so that a busy shared machine shifts both:
   ``experts``, ``slots``): random actions from the seeded action space, over
   whole episodes (at least ``--steps`` steps), each episode's reset included,
   after two untimed resets and 50 untimed steps (numba's cache load, the
-  allocator's first page faults; for presets served above the enumeration
+  first, slower allocations of the episode tables; for presets above the enumeration
   table the first step of a fresh process is timed on its own below the
   table, with numba's cache and with an empty one), in CPU microseconds per
   step, and as a multiple of CartPole-v1's ``env.step`` (``gym.make``, the
@@ -92,7 +92,7 @@ def step_cost(env, steps: int, warmup: int = 50) -> float:
     """CPU seconds per ``env.step`` with random actions over whole episodes, each episode's reset included:
     from a fresh episode until at least ``steps`` steps have run and the episode in progress has ended and
     been reset. Before it, untimed: two resets and ``warmup`` steps (numba's compilation or cache load on
-    the first node-set step above the enumeration table, the memory allocator's first page faults on the
+    the first node-set step above the enumeration table, the first (slower) allocations of the
     episode tables)."""
     env.reset(seed=1)
     env.reset(seed=0)
