@@ -34,10 +34,15 @@ def serve_nodes_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndarray, n
     one within the key iff ``g[e, 0] + min_{e' != e} g[e', 1]`` is (rounding is monotone), and the
     row's first such column is then found on that row alone.  Compiled with numba (:func:`_k2_choice`).
     """
+    return _choose_on_terms(g, cap, False)
+
+
+def _choose_on_terms(g: np.ndarray, cap: float, least_error: bool):
+    """``(combo index, error bound, s0, s1)`` (n,) each of :func:`_k2_choice` on the terms ``g`` (N+1, 2, n)."""
     n = g.shape[2]
     s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
     gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))  # (n, 2, N+1)
-    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), False, REL_TOL, ABS_TOL, s0, s1)
+    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), least_error, REL_TOL, ABS_TOL, s0, s1)
     ar = np.arange(n)
     return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar], s0, s1
 
@@ -248,12 +253,7 @@ def serve_least_error_k2(g: np.ndarray, cap: float) -> tuple[np.ndarray, np.ndar
     within the least error's tolerance, first index: :func:`serve_nodes_k2` with no level in budget.
     Compiled with numba (:func:`_k2_choice`).
     """
-    n = g.shape[2]
-    s0, s1 = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    gt = np.ascontiguousarray(np.asarray(g, dtype=np.float64).transpose(2, 1, 0))
-    compiled(_k2_terms, globals(), ("_k2_choice",))(gt, float(cap), True, REL_TOL, ABS_TOL, s0, s1)
-    ar = np.arange(n)
-    return s0 * g.shape[0] + s1, g[s0, 0, ar] + g[s1, 1, ar]
+    return _choose_on_terms(g, cap, True)[:2]
 
 
 def computed_and_used(servers: np.ndarray, nn: int, onehot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
