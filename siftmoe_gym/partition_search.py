@@ -1,6 +1,6 @@
 """The exact partition search behind node-set serving above the enumeration table (:func:`serve_partition`).
 
-:func:`siftmoe_gym.serving.serve_free` serves the top-k slots over the experts
+:func:`siftmoe_gym.slot_dp.serve_free` serves the top-k slots over the experts
 on node 0 and the activated nodes with the fewest computed experts whose error
 bound meets the cap (ties: lower error), or the least error (ties: fewer
 experts) when none does.  It runs the slot dynamic program over the ``2^k``
@@ -61,7 +61,7 @@ _HIGH_BIT = np.array([0] + [q.bit_length() - 1 for q in range(1, 256)], dtype=np
 
 def serve_partition(dk: np.ndarray, gates: np.ndarray, node_of: np.ndarray, allowed: np.ndarray, cap: float,
                     compute_cost: float, we: float = 1.0, wr: float = 0.0) -> np.ndarray | None:
-    """The assignment (k,) int64 (-1 = skip) :func:`~siftmoe_gym.serving.serve_free` returns for the same
+    """The assignment (k,) int64 (-1 = skip) :func:`~siftmoe_gym.slot_dp.serve_free` returns for the same
     arguments, or None where ``serve_free`` must decide (see the module docstring)."""
     k = len(gates)
     if k > 8 or we != 1.0 or wr != 0.0 or not compute_cost > 2 * k * compute_cost * REL_TOL + 2 * ABS_TOL:

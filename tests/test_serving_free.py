@@ -144,7 +144,7 @@ def test_compiled_without_a_writable_cache_warns_and_compiles_for_the_process(mo
 def test_exact_p1_takes_the_partition_search_only_where_it_equals_the_dynamic_program(monkeypatch):
     """solve_decode serves subsets without costly nodes by serve_partition: the same assignments, energies and
     errors as with the slot dynamic program alone (serve_partition forced to decline)."""
-    from siftmoe_gym import serving
+    from siftmoe_gym import serving, serving_free
 
     system = WideSystem(BIG)
     rng = np.random.default_rng(11)
@@ -157,10 +157,10 @@ def test_exact_p1_takes_the_partition_search_only_where_it_equals_the_dynamic_pr
             np.stack([i.node_feasible for i in insts]), np.array([i.budget for i in insts]),
             system.config.compute_energy_j)
     calls = []
-    real = serving.serve_partition
-    monkeypatch.setattr(serving, "serve_partition", lambda *a: calls.append(1) or real(*a))
+    real = serving_free.serve_partition
+    monkeypatch.setattr(serving_free, "serve_partition", lambda *a: calls.append(1) or real(*a))
     fast = serving.solve_decode_batch(*args)
-    monkeypatch.setattr(serving, "serve_partition", lambda *a: None)
+    monkeypatch.setattr(serving_free, "serve_partition", lambda *a: None)
     slow = serving.solve_decode_batch(*args)
     assert len(calls) >= 60  # the branch was taken
     for x, y in zip(fast, slow):

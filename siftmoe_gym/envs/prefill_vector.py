@@ -17,7 +17,7 @@ environment seeded with ``seed + i`` step for step, bit for bit, observations,
 rewards and every ``info`` key included (``tests/test_scale_prefill_vector.py``
 compares them with ``gymnasium.vector.SyncVectorEnv``).  Above the
 enumeration table (large ``(N+1)^k``) node sets are served copy by copy with
-:func:`~siftmoe_gym.serving.serve_free`.
+:func:`~siftmoe_gym.slot_dp.serve_free`.
 """
 
 from __future__ import annotations
