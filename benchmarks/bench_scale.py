@@ -33,6 +33,12 @@ same run, so that a busy shared machine shifts both:
   (``siftmoe_gym.partition_search``) CPU time per decision, replayed on the
   recorded inputs without the Python call, and how many steps it handed to
   the slot dynamic program ``serve_free`` (near-ties, see that module).
+- **token stream floor** (presets above the table, ``--vec-envs-large``
+  copies of 2-token episodes): CPU microseconds per copy-step of every
+  copy's raw numbers from its own generator and of the router's logit
+  product batched over all copies at this core's BLAS rate, which no
+  engine of this model avoids, beside the environments' own routing and
+  top-k (``stream_floor``).
 - **P1**: exact P1 (``solve_decode_batch``) on ``--p1`` random instances
   (``baselines.common.random_decode_instance``, budget 1x), decisions per CPU
   second, and the mean time of the HiGHS integer program
@@ -46,7 +52,8 @@ same run, so that a busy shared machine shifts both:
   FastFading, nodes actions) at ``--vec-envs`` copies, as a share of
   CartPole-v1's native vector rate (``gym.make_vec("CartPole-v1", ...,
   vectorization_mode="vector_entry_point")``, ``--vec-steps`` calls, its
-  copies resetting on their own) measured here.
+  copies resetting on their own) measured here, and the share of each
+  env's time its autoreset calls (every copy's next episode) took.
 """
 
 from __future__ import annotations
@@ -168,10 +175,11 @@ def draw_floor(env_id: str, num_envs: int, repeat: int = 3) -> float:
     return (time.process_time() - c0) / repeat / (tokens * env.n_layers + 1)
 
 
-def vector_rate(env_id: str, num_envs: int, steps: int = 0, episodes: int = 0, **kwargs) -> float:
+def vector_rate(env_id: str, num_envs: int, steps: int = 0, episodes: int = 0, **kwargs) -> tuple[float, float]:
     """Environment steps (calls x copies) per CPU second of a native vector env, random actions: ``steps``
     calls, or with ``episodes`` the calls through that many whole episodes (this project's copies all end
-    together), each episode's autoreset call, which builds the next episode, included."""
+    together), each episode's autoreset call, which builds the next episode, included; and the share of
+    the CPU time those autoreset calls took (0 with ``steps``)."""
     envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     envs.reset(seed=0)
     envs.action_space.seed(0)
@@ -179,17 +187,63 @@ def vector_rate(env_id: str, num_envs: int, steps: int = 0, episodes: int = 0, *
     envs.step(acts[0])  # untimed: numba's compilation or cache load, once per process
     envs.reset(seed=0)
     calls = ended = 0
+    in_resets = 0.0
     c0 = time.process_time()
     while calls < steps or ended < episodes:
         _, _, term, trunc, _ = envs.step(acts[calls % 8])
         calls += 1
         if episodes and (term.any() or trunc.any()):
             ended += 1
+            r0 = time.process_time()
             envs.step(acts[calls % 8])  # the autoreset
+            in_resets += time.process_time() - r0
             calls += 1
-    cpu = time.process_time() - c0
+    cpu = max(time.process_time() - c0, 1e-9)
     envs.close()
-    return calls * num_envs / max(cpu, 1e-9)
+    return calls * num_envs / cpu, in_resets / cpu
+
+
+def stream_floor(name: str, copies: int, tokens: int = 2, repeat: int = 3) -> dict[str, float]:
+    """CPU microseconds per copy-step (one token at one layer) of preset ``name``'s token stream, over
+    ``copies`` copies of ``tokens``-token episodes (best of ``repeat``):
+
+    - ``draws``: every copy's raw numbers from its own generator (``episodes.raw_numbers``, what makes copy
+      ``i`` replay ``reset(seed=seed+i)``);
+    - ``product``: the router's ``(rows, r0) @ (r0, N)`` logit product of every token and layer, as one
+      product per layer over all copies and tokens, at this core's BLAS rate: a lower bound on any engine
+      computing this model's router (the environments take one product per copy and layer, so that a copy's
+      numbers do not depend on how many copies there are);
+    - ``routing``, ``topk``: the environments' own routing (``SyntheticMoE.routing``: the products, score
+      function and norms) and top-k (``episodes._topk_gates``).
+    """
+    from gymnasium.utils import seeding
+
+    from siftmoe_gym.envs.episodes import _topk_gates, fading_normals, raw_numbers
+
+    env = gym.make("siftmoe_gym/Decode-v0", config={"preset": name, "episode_tokens": tokens}).unwrapped
+    system, model = env.system, env.system.workload.model
+    rngs = [seeding.np_random(i)[0] for i in range(copies)]
+    n_fading = fading_normals(system, "decode", tokens)
+    n_dist = 0 if system.config.distances_m is not None else system.config.num_nodes
+    rows = copies * tokens * env.n_layers
+    best: dict[str, float] = {}
+
+    def timed(key, func):
+        c0 = time.process_time()
+        out = func()
+        best[key] = min(best.get(key, np.inf), (time.process_time() - c0) / rows * 1e6)
+        return out
+
+    for _ in range(repeat):
+        u, z, gam, _ = timed("draws", lambda: raw_numbers(system, rngs, tokens, n_fading))
+        topic = model.topics_from_uniform(u[:, n_dist:])
+        probs, _ = timed("routing", lambda: model.routing(topic, z[:, n_fading:], gam))
+        timed("topk", lambda: _topk_gates(probs, system.config.top_k, system.config.renormalize_gates))
+        r, r0 = model.noise_dims, model._r0
+        y = np.ascontiguousarray(z[:, n_fading:n_fading + rows // copies * r].reshape(copies, tokens, env.n_layers, r)
+                                 [..., :r0].transpose(2, 0, 1, 3).reshape(env.n_layers, copies * tokens, r0))
+        timed("product", lambda: [y[lay] @ model._proj[lay] for lay in range(env.n_layers)])
+    return best
 
 
 def p1_rates(system, count: int, n_milp: int) -> tuple[float, float, float]:
@@ -290,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         default = name == "mixtral-small"
         copies = args.vec_envs if default else args.vec_envs_large
         vkw = {} if default else {"config": {"preset": name, "episode_tokens": 2}}
-        vec = vector_rate("siftmoe_gym/Decode-v0", copies, episodes=args.vec_episodes, **vkw)
+        vec, _ = vector_rate("siftmoe_gym/Decode-v0", copies, episodes=args.vec_episodes, **vkw)
         rate, t_milp, worst = p1_rates(env.unwrapped.system, args.p1, args.milp)
         print(f"| {name} | {cfg.num_experts}, {cfg.top_k}, {cfg.num_layers}, {cfg.num_nodes} | {cold:.2f} | {warm:.2f} | "
               + " | ".join(cells)
@@ -306,12 +360,26 @@ def run(args: argparse.Namespace) -> int:
         print("their first env.step (nodes) in a fresh process, wall seconds, with numba's cache / compiling "
               "(empty cache): " + "; ".join(f"{p} {first_step_seconds(p):.2f} / {first_step_seconds(p, cold=True):.2f}"
                                            for p in above))
+        search = {name: us for name, _, _, us in found}
+        print(f"token stream per copy-step (one token at one layer), CPU us, {args.vec_envs_large} copies of 2-token "
+              "episodes: the copies' own draws + the router product at this core's BLAS rate (a floor for any "
+              "engine of this model); the environments' routing and top-k:")
+        for name in above:
+            f = stream_floor(name, args.vec_envs_large)
+            low = f["draws"] + f["product"]
+            print(f"  {name:16s} draws {f['draws']:.2f} + product {f['product']:.2f} = {low:.2f} us floor; "
+                  f"routing {f['routing']:.2f}, top-k {f['topk']:.2f}, compiled node-set search {search[name]:.2f}")
+            if name == "deepseek-v3":
+                print(f"  deepseek-v3's vector target (>= 200,000 env steps/s) allows 5.00 us of one core per copy-step: "
+                      f"the floor leaves {5.0 - low:.2f} us for the score function, top-k, node-set serving, "
+                      "observation, reward and info")
     print()
-    cart_vec = vector_rate("CartPole-v1", args.vec_envs, steps=args.vec_steps)
+    cart_vec, _ = vector_rate("CartPole-v1", args.vec_envs, steps=args.vec_steps)
     print(f"native vector envs at the default size, {args.vec_envs} copies (CartPole-v1: {cart_vec:,.0f} env steps/s):")
     for env_id in ("siftmoe_gym/Decode-v0", "siftmoe_gym/FastFading-v0", "siftmoe_gym/Prefill-v0"):
-        r = vector_rate(env_id, args.vec_envs, episodes=args.vec_episodes)
-        print(f"  {env_id:28s} {r:>12,.0f} env steps/s  ({r / cart_vec:.2f} of CartPole-v1's; target >= 0.33)")
+        r, share = vector_rate(env_id, args.vec_envs, episodes=args.vec_episodes)
+        print(f"  {env_id:28s} {r:>12,.0f} env steps/s  ({r / cart_vec:.2f} of CartPole-v1's; target >= 0.33; "
+              f"the autoreset calls building the next episodes: {share:.0%} of the time)")
     per_call = args.vec_envs / cart_vec
     print(f"the copies' random numbers alone (each copy's episode from its own generator, amortized), against "
           f"CartPole-v1's whole batched step ({per_call * 1e6:,.0f} us):")
