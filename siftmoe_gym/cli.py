@@ -44,7 +44,10 @@ def run_main(prog: str, body: Callable[[], int], interrupted: str = "interrupted
         return 130
 
 
-def at_least(name: str, value, low) -> None:
-    """:class:`UsageError` naming the option ``name`` unless ``value`` is ``None`` or ``>= low``."""
+def at_least(name: str, value, low, high=None) -> None:
+    """:class:`UsageError` naming the option ``name`` unless ``value`` is ``None`` or ``>= low`` (and, with
+    ``high``, ``<= high``)."""
     if value is not None and value < low:
         raise UsageError(f"{name} must be >= {low}, got {value}")
+    if value is not None and high is not None and value > high:
+        raise UsageError(f"{name} must be <= {high:,}, got {value:,}")

@@ -58,6 +58,14 @@ CASES = [
     ("bench_reward_magnitudes", ["--episodes", "0"], "--episodes"),
     ("bench_reward_magnitudes", ["--episodes", "-2"], "--episodes"),
     ("bench_reward_magnitudes", ["--episodes", "x"], "--episodes"),
+    ("bench_scale", ["--steps", "0"], "--steps"),
+    ("bench_scale", ["--vec-envs", "1000000000"], "--vec-envs"),
+    ("bench_scale", ["--vec-envs-large", "4096"], "--vec-envs-large"),
+    ("bench_scale", ["--p1", "99999999999"], "--p1"),
+    ("bench_scale", ["--p1-budget", "0"], "--p1-budget"),
+    ("bench_scale", ["--p1-budget", "nan"], "--p1-budget"),
+    ("bench_scale", ["--p1", "5", "--milp", "6"], "--milp"),
+    ("bench_scale", ["--presets", "nope"], "--presets"),
     ("bench_training_throughput", ["--vec", "native", "fast"], "--vec"),
     ("bench_training_throughput", ["--copies", "0", "8"], "--copies"),
     ("bench_training_throughput", ["--threads", "0"], "--threads"),
@@ -105,7 +113,7 @@ def test_valid_options_reach_the_work(capsys, monkeypatch):
     """The checks refuse only bad values: the defaults pass through to the benchmark's body unchanged."""
     seen = []
     for name in ("bench_core", "bench_fastfading_dp", "bench_reward_magnitudes", "bench_training_throughput",
-                 "bench_baselines"):
+                 "bench_baselines", "bench_scale"):
         mod = _bench(name)
         monkeypatch.setattr(mod, "report" if name == "bench_training_throughput" else "run",
                             lambda args, name=name: seen.append((name, args)) or 0)
@@ -115,6 +123,10 @@ def test_valid_options_reach_the_work(capsys, monkeypatch):
     assert args["bench_fastfading_dp"].samples == [32, 64, 128, 256, 512] and args["bench_fastfading_dp"].episodes == 40
     assert args["bench_training_throughput"].vec == ["native", "dummy", "subproc"]
     assert args["bench_training_throughput"].copies == [8, 64] and args["bench_reward_magnitudes"].episodes == 30
+    assert args["bench_scale"].p1 == 300 and args["bench_scale"].vec_envs == 1024 and args["bench_scale"].p1_budget == 1.0
+    seen.clear()
+    assert _bench("bench_scale").main(["--quick", "--steps", "7"]) == 0  # --quick changes only the counts not given
+    assert seen[0][1].steps == 7 and seen[0][1].p1 == 300 and seen[0][1].milp == 3 and seen[0][1].vec_steps == 512
     assert capsys.readouterr().err == ""
 
 
