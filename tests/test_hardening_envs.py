@@ -274,3 +274,16 @@ def test_reset_options_config_is_not_lost(env_id):
         gym.make(env_id, config=base).reset(options=["config"])
     with pytest.raises(ValueError, match=r"unknown reset option\(s\) \['seed'\]"):
         gym.make_vec(env_id, 2, vectorization_mode="vector_entry_point", config=base).reset(options={"seed": 1})
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0"])
+def test_vector_reset_mask_is_refused_by_name_and_changes_nothing(env_id):
+    """Gymnasium's ``reset_mask`` (partial resets) is refused with a message naming it and the sync alternative;
+    the copies keep their episodes (the next step equals that of an env never asked)."""
+    envs, ref = (gym.make_vec(env_id, 3, vectorization_mode="vector_entry_point", config=_cfg(env_id)) for _ in range(2))
+    envs.reset(seed=7)
+    ref.reset(seed=7)
+    with pytest.raises(ValueError, match=r"reset_mask is not supported.*vectorization_mode='sync'"):
+        envs.reset(seed=1, options={"reset_mask": np.array([True, False, False])})
+    acts = _valid(envs.single_action_space, 3, np.random.default_rng(0))
+    _assert_same_step(envs.step(acts), ref.step(acts), "after the refused reset")

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from ..serving import pick_allowed_rows, serve_free
+from ..serving import pick_allowed_rows
 from ..serving_table import err_table
+from ..slot_dp import serve_free
 from ..synthetic import topk_gates
 from ..workload import SyntheticWorkload, TokenBatch
 from .actions import node_sets

@@ -16,7 +16,10 @@ in a ``SyncVectorEnv`` over ``gym.make(id, max_episode_steps=...)``, and
 batch of actions is checked whole before any copy moves (a rejected batch
 leaves every copy as it was); ``step`` before ``reset`` raises
 ``gymnasium.error.ResetNeeded`` as ``SyncVectorEnv`` does; pickling and deep
-copies leave out the lazily created reset thread pool.
+copies leave out the lazily created reset thread pool.  ``reset(options=...)``
+takes ``config`` only: Gymnasium's ``reset_mask`` (resetting some copies, for
+autoreset mode ``DISABLED``) raises ``ValueError``, since the copies always
+reset together.
 
 Episodes have a fixed length, so every copy is always at the same step;
 Decode and FastFading are stepped fully batched (exact enumeration table),
@@ -117,6 +120,9 @@ class SiftMoEVectorEnv(VectorEnv):
         return [seeding.np_random(s)[0] for s in seeds]
 
     def reset(self, *, seed=None, options=None):
+        if isinstance(options, dict) and "reset_mask" in options:  # Gymnasium's partial reset (autoreset DISABLED)
+            raise ValueError("reset_mask is not supported: the native vector env's copies always reset together (every "
+                             "episode has the same length); use vectorization_mode='sync' to reset copies one at a time")
         cfg = reset_config(options)
         rngs = self._new_rngs(seed)  # every check before anything changes
         if cfg is not None:
