@@ -40,12 +40,13 @@ same run, so that a busy shared machine shifts both:
   engine of this model avoids, beside the environments' own routing and
   top-k (``stream_floor``).
 - **P1**: exact P1 (``solve_decode_batch``) on ``--p1`` random instances
-  (``baselines.common.random_decode_instance``, budget ``--p1-budget`` times the layer's, 1x by default), decisions per CPU
-  second and the share of instances whose budget can be met (the others are
-  served least-error, ties cheaper), and the mean time of the HiGHS integer
-  program (``baselines.references.milp_decode``) on the first ``--milp`` of
-  them as a ratio, with the worst energy gap between the two on those
-  instances (within budget or not) and how many they disagree on.
+  (``baselines.common.random_decode_instance``, budget ``--p1-budget``
+  times the layer's, 1x by default), decisions per CPU second (the best of
+  three batches) and the share of instances whose budget can be met (the
+  others are served least-error, ties cheaper), and the mean time of the
+  HiGHS integer program (``baselines.references.milp_decode``) on the first
+  ``--milp`` of them as a ratio, with the worst energy gap between the two
+  on those instances (within budget or not) and how many they disagree on.
 - **random numbers alone**: the per-copy generator loop of a ``--vec-envs``
   Decode and FastFading reset (``siftmoe_gym.envs.episodes.raw_numbers``),
   per batched step once amortized over the episode, against CartPole-v1's
@@ -250,8 +251,8 @@ def stream_floor(name: str, copies: int, tokens: int = 2, repeat: int = 3) -> di
 
 
 def p1_rates(system, count: int, n_milp: int, budget: float = 1.0) -> dict[str, float]:
-    """Exact P1 on ``count`` random instances (``budget`` times the layer budget), solved in one batch, against the HiGHS integer program
-    on the first ``n_milp``: ``rate`` (decisions per CPU second), ``within`` (share of the instances with an
+    """Exact P1 on ``count`` random instances (``budget`` times the layer budget), solved in one batch (the best of
+    three), against the HiGHS integer program on the first ``n_milp``: ``rate`` (decisions per CPU second), ``within`` (share of the instances with an
     assignment within budget; the others get the least-error one, ties cheaper, from both solvers), ``milp_s``
     (HiGHS CPU seconds per decision, nan without ``n_milp``), ``gap`` (worst relative energy gap over the compared
     instances, within budget or not; nan when none) and ``disagree`` (compared instances where the two differ on
@@ -262,9 +263,11 @@ def p1_rates(system, count: int, n_milp: int, budget: float = 1.0) -> dict[str, 
             system.delta_ext, system.node_of, np.stack([i.node_cost for i in insts]),
             np.stack([i.node_feasible for i in insts]), np.array([i.budget for i in insts]),
             system.config.compute_energy_j)
-    c0 = time.process_time()
-    _, energy, _, within = solve_decode_batch(*args)
-    t_p1 = (time.process_time() - c0) / count
+    t_p1 = np.inf
+    for _ in range(3):  # best of three: one batch takes about 50 ms at deepseek-v3, where one hiccup of a shared host can cost 40%
+        c0 = time.process_time()
+        _, energy, _, within = solve_decode_batch(*args)
+        t_p1 = min(t_p1, (time.process_time() - c0) / count)
     c0 = time.process_time()
     refs = [milp_decode(insts[q]) for q in range(n_milp)]
     t_milp = (time.process_time() - c0) / n_milp if n_milp else float("nan")
