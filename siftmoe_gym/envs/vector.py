@@ -61,6 +61,7 @@ from .metrics import add_episode_metrics_batch
 from .observations import budget_features
 from .rewards import (average_excess, average_step_penalty, avoidable_rows, constraint_costs, least_feasible_terms,
                       reward_terms_batch)
+from .vector_info import merge_infos
 from .vector_kernels import decode_nodes_int8, serve_assignment_actions, serve_k2, serve_nodes, serving_static, slot_sum
 
 _STACK = {"decode": draw_decode_episodes, "fastfading": draw_fastfading_episodes}
@@ -149,8 +150,8 @@ class SiftMoEVectorEnv(VectorEnv):
         if not self._batched:
             if self._copies is None or len(self._copies) != self.num_envs or self._copies[0].system is not env.system:
                 self._copies = [copy.copy(env) for _ in range(self.num_envs)]
-            obs, infos = [], {}
-            for i, (c, rng) in enumerate(zip(self._copies, self._rngs)):
+            obs, infos = [], []
+            for c, rng in zip(self._copies, self._rngs):
                 c.env_config, c.floor = env.env_config, env.floor
                 c._np_random = rng
                 c._s = 0
@@ -158,8 +159,8 @@ class SiftMoEVectorEnv(VectorEnv):
                 c._new_episode(rng)
                 c._episode_ready = True
                 obs.append(c._observation())
-                infos = self._add_info(infos, {"layer": c.layer, "token": c.token}, i)
-            return self._format(np.stack(obs)), infos
+                infos.append({"layer": c.layer, "token": c.token})
+            return self._format(np.stack(obs)), merge_infos(infos, self.num_envs, self._add_info)
         tabs = self._episode_tables_chunked()
         self._topk_e = tabs["topk_e"]
         self._topk, self._gates = tabs["topk"], tabs["gates"]
@@ -478,12 +479,13 @@ class SiftMoEVectorEnv(VectorEnv):
         env = self.env
         self._decode_actions(actions)  # raises before any copy moves
         arr = np.asarray(actions)
-        obs, rew, term, infos = [], np.zeros(n), np.zeros(n, dtype=bool), {}
+        obs, rew, term, infos = [], np.zeros(n), np.zeros(n, dtype=bool), []
         for i, c in enumerate(self._copies):
             o, r, te, _, inf = c.step(arr[i])
             obs.append(o if env.obs_mode == "flat" else np.concatenate([o[k] for k in env.obs_slices]))
             rew[i], term[i] = r, te
-            infos = self._add_info(infos, inf, i)  # exactly SyncVectorEnv's layout
+            infos.append(inf)
+        infos = merge_infos(infos, n, self._add_info)  # exactly SyncVectorEnv's layout
         self._s += 1
         truncated = self._truncated()
         self._autoreset = bool(term.all()) or truncated
