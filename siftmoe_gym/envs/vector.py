@@ -24,7 +24,7 @@ reset together.
 Episodes have a fixed length, so every copy is always at the same step;
 Decode and FastFading are stepped fully batched (exact enumeration table),
 systems too large for the table step the copies one after the other inside
-the same API, and Prefill has its own batched class
+the same API (their infos merged by :func:`~siftmoe_gym.envs.vector_info.merge_infos`), and Prefill has its own batched class
 (:mod:`siftmoe_gym.envs.prefill_vector`).  Node-set actions are served copy-minor:
 for top-2 routing from the slots' ``N+1`` error terms without enumerating the
 assignments (:mod:`siftmoe_gym.envs.vector_kernels`: Decode's and Prefill's
