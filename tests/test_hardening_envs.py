@@ -283,7 +283,11 @@ def test_vector_reset_mask_is_refused_by_name_and_changes_nothing(env_id):
     envs, ref = (gym.make_vec(env_id, 3, vectorization_mode="vector_entry_point", config=_cfg(env_id)) for _ in range(2))
     envs.reset(seed=7)
     ref.reset(seed=7)
-    with pytest.raises(ValueError, match=r"reset_mask is not supported.*vectorization_mode='sync'"):
-        envs.reset(seed=1, options={"reset_mask": np.array([True, False, False])})
+    import types
+
+    for options in ({"reset_mask": np.array([True, False, False])},
+                    types.MappingProxyType({"reset_mask": np.ones(3, dtype=bool)})):  # any Mapping, as reset_config takes
+        with pytest.raises(ValueError, match=r"reset_mask is not supported.*vectorization_mode='sync'"):
+            envs.reset(seed=1, options=options)
     acts = _valid(envs.single_action_space, 3, np.random.default_rng(0))
     _assert_same_step(envs.step(acts), ref.step(acts), "after the refused reset")

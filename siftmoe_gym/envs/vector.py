@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -121,7 +122,7 @@ class SiftMoEVectorEnv(VectorEnv):
         return [seeding.np_random(s)[0] for s in seeds]
 
     def reset(self, *, seed=None, options=None):
-        if isinstance(options, dict) and "reset_mask" in options:  # Gymnasium's partial reset (autoreset DISABLED)
+        if isinstance(options, Mapping) and "reset_mask" in options:  # Gymnasium's partial reset (autoreset DISABLED)
             raise ValueError("reset_mask is not supported: the native vector env's copies always reset together (every "
                              "episode has the same length); use vectorization_mode='sync' to reset copies one at a time")
         cfg = reset_config(options)

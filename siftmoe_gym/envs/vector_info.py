@@ -22,15 +22,17 @@ _SCALARS = (int, float, bool)
 
 def _column(values: list, num_envs: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Array and all-True mask of one key every copy has, or None where only the per-copy rule is exact
-    (values of different types or dtypes, arrays of different shapes, objects)."""
+    (values of different types or dtypes, arrays of different shapes, objects, dtypes with metadata)."""
     first = values[0]
     kind = type(first)
-    if kind in _SCALARS or issubclass(kind, np.number):
+    if kind in _SCALARS or (issubclass(kind, np.number) and not issubclass(kind, np.timedelta64)):  # (a unit)
         if any(type(v) is not kind for v in values):
             return None
         arr = np.array(values, dtype=kind)
     elif kind is np.ndarray:
-        if any(type(v) is not np.ndarray or v.shape != first.shape or v.dtype != first.dtype for v in values):
+        dt = first.dtype
+        if dt == object or dt.metadata is not None or any(
+                type(v) is not np.ndarray or v.shape != first.shape or v.dtype != dt for v in values):
             return None
         arr = np.stack(values)
     else:
@@ -48,7 +50,7 @@ def merge_infos(infos: Sequence[dict[str, Any]], num_envs: int,
     if not infos:
         return {}
     keys = list(infos[0])
-    clash = any("_" + str(k) in infos[0] for k in keys)  # a key named like another's mask: add_info's own result
+    clash = any(f"_{k}" in infos[0] for k in keys)  # a key named like another's mask: add_info's own result
     if clash or any(list(info) != keys for info in infos[1:]):  # keys differ between copies: add_info's order
         out: dict[str, Any] = {}
         for i, info in enumerate(infos):
@@ -67,6 +69,6 @@ def merge_infos(infos: Sequence[dict[str, Any]], num_envs: int,
             sub: dict[str, Any] = {}
             for i, v in enumerate(values):
                 sub = add_info(sub, {key: v}, i)
-            col = sub[key], sub["_" + key]
-        out[key], out["_" + key] = col
+            col = sub[key], sub[f"_{key}"]
+        out[key], out[f"_{key}"] = col
     return out
