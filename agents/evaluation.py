@@ -11,11 +11,12 @@ setting (exact P1, the P2 integer program, the P3 dynamic program), on the same 
 - ``saving_pct``: ``100 * (1 - E / E_topk)``, against the ``topk`` policy's energy on the same episodes when the
   table has it (else the evaluator's own top-k reference);
 - ``regret``: ``E / E_siftmoe - 1``, the energy above the optimum.  Negative only when a
-  policy saves energy by more error than the optimum: on more steps over a budget (up to
-  :data:`FEASIBILITY_TOL` of them in a feasible policy), or, with the same steps over
-  budget (still ``feasible``), by exceeding the budget by more on steps where no decision
-  keeps it (the optimum takes the least error there); the reward's accuracy term, and so
-  ``score``, counts that error, so read regret next to ``feasible`` and ``score``;
+  policy saves energy through more error than the optimum: on more steps over a budget
+  (infeasible beyond :data:`FEASIBILITY_TOL` of them); in Decode and Prefill, with the same
+  steps over budget (still ``feasible``), by exceeding it by more on steps where no decision
+  keeps it (the optimum takes the least error there); in fast fading, by more error within
+  the cap, over a layer's average budget (infeasible).  The reward's accuracy terms, and so
+  ``score``, count that error: read regret next to ``feasible`` and ``score``;
 - ``score``: ``mean return of siftmoe / mean return of the policy`` (every reward is
   negative, so the optimum scores 1 and worse policies fall towards 0), with a 95%
   paired-bootstrap interval ``score_ci95_low`` .. ``score_ci95_high``;
@@ -51,9 +52,8 @@ BASELINE_KWARGS = {"random-within-budget": {"seed": 0}}
 FEASIBILITY_TOL = 0.01
 """Share of steps a feasible policy may spend over a per-step budget beyond what the optimum cannot avoid."""
 BOOTSTRAP_RESAMPLES = 2000
-LEGEND = ("siftmoe: the certified optimum | regret: E / E_siftmoe - 1 (below 0 only by more error than siftmoe: on "
-          "the extra steps over budget feasibility tolerates, or on steps no decision keeps within budget, where siftmoe "
-          "takes the least error; the score counts that error) | score: siftmoe's mean return / this "
+LEGEND = ("siftmoe: the certified optimum | regret: E / E_siftmoe - 1 (below 0 only with more error than siftmoe; "
+          "read it with feasible and score) | score: siftmoe's mean return / this "
           "policy's (1 = optimal, 0 = worst; 95% CI) | feasible: at most "
           f"{100 * FEASIBILITY_TOL:g}% more steps over a per-step budget than siftmoe (fast fading: and every layer's "
           "average error within its budget) | * or no: infeasible, ranked last")

@@ -344,7 +344,8 @@ def learn(plan: RunPlan, model, eval_cb: ComparisonEvalCallback, ckpt_cb: Atomic
         log.write(f"{plan.algo} on {plan.env_id}: {start:,} -> {target:,} steps{note}; {planned} evaluations "
                   f"on {len(plan.eval_seeds)} seeded episodes (at the first rollout end after every "
                   f"{plan.eval_freq:,} steps, rollouts of {chunk:,}, and at the end); "
-                  f"{plan.n_envs} {plan.vec} env copies; run folder {plan.run_dir}")
+                  f"{plan.n_envs} {plan.vec} env copies; run folder {plan.run_dir}; in the lines below, score and "
+                  "regret are against siftmoe with 95% CIs, excess viol. the steps over a budget beyond siftmoe's")
         t0, count = time.perf_counter(), [0]
 
         def on_eval(rec: dict[str, Any]) -> None:

@@ -61,9 +61,8 @@ def format_table(rows: list[dict[str, Any]], legend: bool = True) -> str:
     out += [fmt(l) for l in lines]
     if legend:
         out += ["", LEGEND, "err viol.: steps over the per-step error constraint (fast fading: the cap; in Decode and "
-                "Prefill siftmoe's are the steps no decision keeps within budget); excess viol. (training log): steps "
-                "over either budget beyond siftmoe's; mean err/budget: the error bound over its budget, mean over steps; "
-                "return: mean episode return; energy per token over all MoE layers."]
+                "Prefill siftmoe's are the steps no decision keeps within budget); mean err/budget: the error bound "
+                "over its budget, mean over steps; return: mean episode return; energy per token over all MoE layers."]
     return "\n".join(out)
 
 
