@@ -14,8 +14,10 @@ setting (exact P1, the P2 integer program, the P3 dynamic program), on the same 
   policy saves energy through more error than the optimum: on more steps over a budget
   (infeasible beyond :data:`FEASIBILITY_TOL` of them); in Decode and Prefill, with the same
   steps over budget (still ``feasible``), by exceeding it by more on steps where no decision
-  keeps it (the optimum takes the least error there); in fast fading, by more error within
-  the cap, over a layer's average budget (infeasible).  The reward's accuracy terms, and so
+  keeps it (there the optimum takes the decision the reward prefers: in Decode the least error
+  unless a cheaper decision saves more than its extra error costs, in Prefill the least excess
+  error); in fast fading, by more error within the cap, over a layer's average budget
+  (infeasible).  The reward's accuracy terms, and so
   ``score``, count that error: read regret next to ``feasible`` and ``score``;
 - ``score``: ``mean return of siftmoe / mean return of the policy`` (every reward is
   negative, so the optimum scores 1 and worse policies fall towards 0), with a 95%
