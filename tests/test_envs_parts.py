@@ -106,7 +106,8 @@ def test_observation_layout_slices_and_dict():
     flat = np.arange(layout.dim, dtype=np.float32)
     d = as_dict(flat, layout.slices)
     assert layout.space.contains({k: np.clip(v, layout.space[k].low, layout.space[k].high) for k, v in d.items()})
-    np.testing.assert_array_equal(np.concatenate(list(d.values())), flat)
+    np.testing.assert_array_equal(np.concatenate([d[name] for name in layout.slices]), flat)
+    assert list(d) == list(layout.space.spaces) == sorted(layout.slices)  # the Dict space's (sorted) order
 
 
 def test_gates_block_holds_each_top_k_experts_share():

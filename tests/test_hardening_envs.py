@@ -291,3 +291,22 @@ def test_vector_reset_mask_is_refused_by_name_and_changes_nothing(env_id):
             envs.reset(seed=1, options=options)
     acts = _valid(envs.single_action_space, 3, np.random.default_rng(0))
     _assert_same_step(envs.step(acts), ref.step(acts), "after the refused reset")
+
+
+@pytest.mark.parametrize("env_id", ["siftmoe_gym/Decode-v0", "siftmoe_gym/Prefill-v0", "siftmoe_gym/FastFading-v0"])
+def test_dict_observations_keep_the_spaces_key_order(env_id):
+    """obs_mode="dict": the single env's observation and the native vector env's batch list their keys in the
+    Dict space's order, as a SyncVectorEnv does (they used to follow the layout's order)."""
+    cfg = _cfg(env_id)
+    single = gym.make(env_id, config=cfg, obs_mode="dict")
+    obs, _ = single.reset(seed=0)
+    assert list(obs) == list(single.observation_space.spaces)
+    native = gym.make_vec(env_id, 2, vectorization_mode="vector_entry_point", config=cfg, obs_mode="dict")
+    sync = gym.make_vec(env_id, 2, vectorization_mode="sync", config=cfg, obs_mode="dict")
+    for (o1, _), (o2, _) in [(native.reset(seed=1), sync.reset(seed=1))]:
+        assert list(o1) == list(o2) == list(native.single_observation_space.spaces)
+    acts = _valid(native.single_action_space, 2, np.random.default_rng(0))
+    o1, o2 = native.step(acts)[0], sync.step(acts)[0]
+    assert list(o1) == list(o2)
+    for key in o1:
+        np.testing.assert_array_equal(o1[key], o2[key])

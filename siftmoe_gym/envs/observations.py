@@ -106,8 +106,10 @@ class ObservationLayout:
 
 
 def as_dict(flat: np.ndarray, slices: dict[str, slice]) -> dict[str, np.ndarray]:
-    """The ``obs_mode="dict"`` form of a flat observation (views into ``flat``)."""
-    return {name: flat[sl] for name, sl in slices.items()}
+    """The ``obs_mode="dict"`` form of flat observations (..., dim): views into ``flat`` along its last axis, the
+    keys in the ``Dict`` space's order (sorted: Gymnasium sorts a dict of spaces), which is also the order a
+    ``SyncVectorEnv`` batches them in."""
+    return {name: flat[..., slices[name]] for name in sorted(slices)}
 
 
 def one_token_threshold_gain(config: SystemConfig, tau_s: float) -> float:

@@ -59,7 +59,7 @@ from .decode import DecodeEnv
 from .episodes import draw_decode_episodes, draw_fastfading_episodes
 from .fastfading import FastFadingEnv
 from .metrics import add_episode_metrics_batch
-from .observations import budget_features
+from .observations import as_dict, budget_features
 from .rewards import (average_excess, average_step_penalty, avoidable_rows, constraint_costs, least_feasible_terms,
                       reward_terms_batch)
 from .vector_info import merge_infos
@@ -239,7 +239,7 @@ class SiftMoEVectorEnv(VectorEnv):
     def _format(self, flat: np.ndarray):
         if self.env.obs_mode == "flat":
             return flat
-        return {name: flat[:, sl] for name, sl in self.env.obs_slices.items()}
+        return as_dict(flat, self.env.obs_slices)
 
     def _observation(self) -> np.ndarray:
         s = min(self._s, self._n_steps - 1)
