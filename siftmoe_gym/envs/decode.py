@@ -99,7 +99,7 @@ class DecodeEnv(SiftMoEEnv):
     ``3N + 4M + L + 3 + k(M+2)`` (the ``solo_error`` and ``slot_error`` blocks
     can be turned off with ``solo_error_features=False``: ``3N + 3M + L + 2``),
     laid out as below; ``"dict"``
-    gives the same blocks as a ``Dict`` of ``Box`` es keyed by name.
+    gives the same blocks as a ``Dict`` of ``Box`` es keyed by name (keys sorted, as in the space).
 
     | Index (start, length)      | Name            | Bounds      | Meaning |
     |----------------------------|-----------------|-------------|---------|
