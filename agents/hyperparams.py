@@ -16,11 +16,11 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+from siftmoe_gym import yamlio
 
 from .algos import AgentConfigError, canonical_algo, get_algo
 
@@ -44,11 +44,12 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     if not path.is_file():
         raise AgentConfigError(f"hyperparameter file not found: {path}")
     try:
-        with open(path) as f:
-            table = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        table = yamlio.load(path.read_text(), f"hyperparameter file {path}") or {}
+    except OSError as exc:
         raise AgentConfigError(f"hyperparameter file {path}: {exc.__class__.__name__}: "
                                f"{' '.join(str(exc).split())[:200]}") from None
+    except ValueError as exc:
+        raise AgentConfigError(str(exc)[:300]) from None
     if not isinstance(table, dict):
         raise AgentConfigError(f"{path}: expected a mapping from environment ids to hyperparameters")
     if env_id in table:
@@ -60,22 +61,10 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     return copy.deepcopy(dict(params or {}))
 
 
-class _OverrideLoader(yaml.SafeLoader):
-    """YAML for ``key=value`` overrides: YAML 1.1 (PyYAML) plus YAML 1.2's floats, so ``1e-3``, ``3E-4`` and
-    ``5e2`` are numbers (YAML 1.1 wants a dot and a signed exponent, ``1.0e-3``, and reads ``1e-3`` as a string)."""
-
-
-_OverrideLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
 def parse_value(text: str):
     """One override value parsed as YAML (with YAML 1.2's floats: ``1e-3`` is 0.001, ``lin_1e-3`` and ``auto``
     stay strings); an empty value is ``None``."""
-    return yaml.load(text, Loader=_OverrideLoader) if text.strip() else None  # noqa: S506 - a SafeLoader
+    return yaml.load(text, Loader=yamlio.Loader) if text.strip() else None  # noqa: S506 - a SafeLoader
 
 
 def parse_overrides(items: Iterable[str] | None, option: str = "--hyperparams") -> dict[str, Any]:
@@ -170,9 +159,7 @@ def split_hyperparams(algo: str, raw: dict[str, Any]) -> tuple[dict[str, Any], d
         if isinstance(value, str):
             kind, _, number = value.partition("_")
             if kind != "lin":
-                hint = (" (YAML 1.1 reads numbers such as 1e-3 as strings in a file: write 1.0e-3)"
-                        if re.fullmatch(r"[-+]?[0-9.]+[eE][-+]?[0-9]+", value.strip()) else "")
-                raise AgentConfigError(f"{key}={value!r}: only constants and lin_<x> schedules are supported{hint}")
+                raise AgentConfigError(f"{key}={value!r}: only constants and lin_<x> schedules are supported")
             try:
                 params[key] = _Linear(float(number))
             except ValueError:

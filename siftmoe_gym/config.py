@@ -69,7 +69,7 @@ class Range:
 
 SYSTEM_RANGES: dict[str, Range] = {
     "num_experts": Range("int", 2, 1024),
-    "top_k": Range("int", 1, 64),  # and <= num_experts
+    "top_k": Range("int", 1, 12),  # and <= num_experts; the slot dynamic program holds 3^k (mask, group) pairs
     "num_layers": Range("int", 1, 256),
     "num_nodes": Range("int", 1, 32),  # past 16: node-set actions as per-node bits only (no Discrete(2**M))
     "hidden_size": Range("int", 1, 65536),
@@ -169,7 +169,7 @@ class SystemConfig:
     """
 
     num_experts: int = 8  # N, [2, 1024]
-    top_k: int = 2  # k, [1, min(N, 64)]
+    top_k: int = 2  # k, [1, min(N, 12)]
     num_layers: int = 4  # L, [1, 256]
     num_nodes: int = 4  # M edge nodes, [1, 32] (the "discrete" action mode: at most 16)
     hidden_size: int = 4096  # d, [1, 65536]
@@ -321,9 +321,26 @@ class SystemConfig:
 
     @classmethod
     def from_yaml(cls, path_or_text: str | Path) -> "SystemConfig":
-        p = Path(path_or_text) if not isinstance(path_or_text, Path) else path_or_text
-        text = p.read_text() if (isinstance(path_or_text, Path) or ("\n" not in str(path_or_text) and p.exists())) else str(path_or_text)
-        data = yaml.safe_load(text) or {}
+        """A config from a YAML file (a :class:`~pathlib.Path`, or a one-line string naming a file that exists)
+        or from YAML text: a mapping of fields, optionally with ``preset`` (the base the other keys override).
+        Read by :mod:`siftmoe_gym.yamlio` (``2e-3`` is a number, a key given twice is refused).
+        ``ValueError`` naming the source for a missing file, invalid YAML or anything but a mapping."""
+        from .yamlio import load
+
+        one_line = isinstance(path_or_text, str) and "\n" not in path_or_text
+        p = Path(path_or_text)
+        if isinstance(path_or_text, Path) or (one_line and p.exists()):
+            if not p.is_file():
+                raise ValueError(f"config file {str(p)!r}: " + ("a folder, not a file" if p.exists() else "no such file"))
+            where, text = str(p), p.read_text()
+        else:
+            where, text = "config YAML", str(path_or_text)
+        data = load(text, where)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            hint = " (no such file)" if one_line else ""
+            raise ValueError(f"{where}: a config must be a mapping of fields, got {type(data).__name__} {data!r}{hint}")
         if "preset" in data:
             base = preset(data.pop("preset"))
             return cls.from_dict(data, base=base)

@@ -144,3 +144,10 @@ def test_replace_validates():
 def test_model_config_is_typed():
     c = SystemConfig.from_dict({"model": SyntheticModelConfig(model_dim=8)})
     assert isinstance(c.model, SyntheticModelConfig) and c.model.model_dim == 8
+
+
+def test_top_k_stops_where_exact_serving_still_runs():
+    """top_k above 12 is refused up front (the slot dynamic program holds 3^k pairs: at k = 20 a node-set step
+    ran out of memory instead of an error)."""
+    _raises(["top_k", "13", "[1, 12]"], num_experts=64, top_k=13)
+    assert SystemConfig.from_dict({"num_experts": 64, "top_k": 12}).top_k == 12

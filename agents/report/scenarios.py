@@ -85,15 +85,15 @@ class ScenarioError(AgentConfigError):
 def load_scenario_file(path: str | os.PathLike, build_envs: bool = True) -> dict[str, Any]:
     """The scenario file at ``path``, checked as a whole before anything runs (:func:`check_scenarios`):
     :class:`ScenarioError` (a ``ValueError``) naming the scenario and the key of the first problem."""
-    import yaml
+    from siftmoe_gym import yamlio
 
     p = Path(path)
     if not p.is_file():
         raise ScenarioError(f"--scenarios: no such file: {path}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+        data = yamlio.load(p.read_text(), str(path))  # a key given twice is refused, 1e-3 is a number
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     if isinstance(data, list):
         data = {"scenarios": data}
     return check_scenarios(data if data is not None else {}, str(path), build_envs)
