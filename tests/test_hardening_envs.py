@@ -310,3 +310,22 @@ def test_dict_observations_keep_the_spaces_key_order(env_id):
     assert list(o1) == list(o2)
     for key in o1:
         np.testing.assert_array_equal(o1[key], o2[key])
+
+
+def test_reset_refuses_a_space_change_before_building_the_new_system(monkeypatch):
+    """A reset config that changes num_experts/top_k/num_layers/num_nodes is refused from the config alone, before
+    the new system (for a preset, seconds of calibration) is built; the env steps on as before."""
+    import siftmoe_gym.envs.base as base
+
+    env, ref = (gym.make("siftmoe_gym/Decode-v0") for _ in range(2))
+    env.reset(seed=2)
+    ref.reset(seed=2)
+    built = []
+    monkeypatch.setattr(base, "WideSystem", lambda *a, **k: built.append(1) or pytest.fail("system built"))
+    for spec in ("qwen3-235b-a22b", {"num_experts": 16}, {"preset": "olmoe"}, {"top_k": 1}):
+        with pytest.raises(ValueError, match="reset options cannot change"):
+            env.reset(seed=3, options={"config": spec})
+    assert not built
+    monkeypatch.undo()
+    acts = env.action_space.sample()
+    _assert_same_step(env.step(acts), ref.step(acts), "after the refused resets")

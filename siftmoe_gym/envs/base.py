@@ -47,7 +47,7 @@ from ..serving_free import serve_nodes
 from ..serving_table import ServingTable
 from ..system import WideSystem, explicit_keys
 from .actions import ACTION_MODES, DISCRETE_MAX_NODES, make_action_codec, node_sets
-from .config import SHAPE_KEYS, check_env_value, reset_config, split_config
+from .config import check_env_value, keep_shape, reset_config, split_config
 from .episodes import EpisodeCache
 from .metrics import EPISODE_METRICS, add_episode_metrics
 from .observations import (
@@ -159,6 +159,8 @@ class SiftMoEEnv(gym.Env):
         defaults = self.default_config()
         base_cfg, sys_part, env_part = split_config(spec, defaults)
         new_env = self._validate_env_config({**self.env_config, **env_part})
+        if new_env.get("solo_error_features") != self.env_config.get("solo_error_features"):
+            raise ValueError("reset options cannot change solo_error_features: it fixes the observation space")
         if base_cfg is not None or sys_part:
             if base_cfg is not None:
                 new_sys = make_config(base_cfg)
@@ -166,19 +168,13 @@ class SiftMoEEnv(gym.Env):
                 new_sys = make_config(sys_part)
             else:
                 new_sys = self.system.config.replace(**sys_part)
+            if self.system.trace is None:  # the config alone fixes the spaces: refuse before building anything
+                keep_shape(new_sys, self.system.config)
             system = WideSystem(new_sys, trace=self.system.trace,
                                 explicit=explicit_keys(base_cfg if base_cfg is not None else sys_part))
-            old = self.system.config
-            changed = [k for k in SHAPE_KEYS if getattr(system.config, k) != getattr(old, k)]
-            if changed:
-                raise ValueError(
-                    f"reset options cannot change {changed}: they fix the observation and action spaces; "
-                    f"make a new environment instead"
-                )
+            keep_shape(system.config, self.system.config)
         else:
             system = self.system
-        if new_env.get("solo_error_features") != self.env_config.get("solo_error_features"):
-            raise ValueError("reset options cannot change solo_error_features: it fixes the observation space")
         self.env_config = new_env
         self._ep_cache.clear()
         if system is not self.system:

@@ -108,3 +108,12 @@ def check_count(name: str, value: Any, none_ok: bool = False) -> int | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"invalid {name}={value!r}: must be {'None or ' if none_ok else ''}an integer >= 1")
     return int(value)
+
+
+def keep_shape(new: Any, old: Any) -> None:
+    """``ValueError`` naming the space-fixing keys (:data:`SHAPE_KEYS`) whose values differ between the system
+    configs ``new`` and ``old`` (``reset(options={"config": ...})`` may not change them)."""
+    changed = [k for k in SHAPE_KEYS if getattr(new, k) != getattr(old, k)]
+    if changed:
+        raise ValueError(f"reset options cannot change {changed}: they fix the observation and action spaces; "
+                         "make a new environment instead")
