@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 
@@ -51,3 +53,18 @@ def at_least(name: str, value, low, high=None) -> None:
         raise UsageError(f"{name} must be >= {low}, got {value}")
     if value is not None and high is not None and value > high:
         raise UsageError(f"{name} must be <= {high:,}, got {value:,}")
+
+
+def check_writable(option: str, folder: str | Path) -> None:
+    """:class:`UsageError` naming ``option`` unless a file can be created in ``folder`` or, while it does not exist
+    yet, in its first existing ancestor (tried with a temporary file, removed at once): a command that writes
+    there at the end says so before its slow work."""
+    folder = Path(folder)
+    first = next(p for p in (folder, *folder.parents) if p.exists())
+    if not first.is_dir():
+        raise UsageError(f"{option}: {first} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=first):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write in {first} ({exc.strerror or exc})") from None

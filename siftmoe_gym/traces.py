@@ -224,9 +224,9 @@ PROG = "python -m siftmoe_gym.traces"
 
 def _check_extract_args(args) -> None:
     """Every option checked before anything loads (:class:`siftmoe_gym.cli.UsageError` naming the option)."""
-    from .cli import UsageError, at_least
+    from .cli import UsageError, at_least, check_writable
 
-    for name, low in (("--tokens", 1), ("--calibration-tokens", 1), ("--window", 2), ("--batch-size", 1),
+    for name, low in (("--tokens", 1), ("--calibration-tokens", 2), ("--window", 2), ("--batch-size", 1),
                       ("--threads", 1)):
         at_least(name, getattr(args, name[2:].replace("-", "_")), low)
     if not (0.0 < args.quantile <= 1.0):
@@ -235,14 +235,13 @@ def _check_extract_args(args) -> None:
         raise UsageError(f"--dtype must be one of {list(DTYPES)}, got {args.dtype!r}")
     text = Path(args.text)
     if not text.is_file():
-        raise UsageError(f"--text: no such file: {args.text}")
+        raise UsageError(f"--text: {'a folder, not a file' if text.is_dir() else 'no such file'}: {args.text}")
     out = Path(args.out)
     if out.suffix not in (".safetensors", ".npz"):
         raise UsageError(f"--out must end in .safetensors or .npz, got {args.out!r}")
     if out.is_dir():
         raise UsageError(f"--out is a folder: {args.out}")
-    if out.parent.exists() and not out.parent.is_dir():
-        raise UsageError(f"--out: {out.parent} is not a folder")
+    check_writable("--out", out.parent)
     from .hf.families import UnsupportedModelError, check_config, read_config
     from .hf.loading import has_tokenizer_files, missing_tokenizer_message
 

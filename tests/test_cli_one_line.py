@@ -78,6 +78,7 @@ CASES = [
     ("tiny_model", ["train", "--seq-len", "1"], "--seq-len"),
     ("tiny_model", ["train", "--max-seconds", "0"], "--max-seconds"),
     ("tiny_model", ["train", "--threads", "0"], "--threads"),
+    ("tiny_model", ["train", "--seq-len", "257"], "--seq-len"),
     ("tiny_model", ["train", "--out", "{tmp}/file/sub"], "--out"),
     ("tiny_model", ["eval", "--tokens", "1"], "--tokens"),
     ("tiny_model", ["eval", "--model", "{tmp}/missing"], "--model"),
@@ -135,3 +136,34 @@ def test_training_throughput_knows_the_vec_kinds_sb3_vec_builds():
     from siftmoe_gym.envs.sb3_vec import VEC_KINDS
 
     assert tuple(_bench("bench_training_throughput").VECS) == tuple(VEC_KINDS)
+
+
+def test_tiny_model_folder_ignores_the_cache_switch(monkeypatch, tmp_path):
+    """SIFTMOE_CACHE switches the model cache on or off; it no longer moves the tiny model ("0" used to mean a
+    folder named 0): a value that is no switch warns and is not used as a folder."""
+    import warnings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for switch in ("0", "off", "1", "yes"):
+        monkeypatch.setenv("SIFTMOE_CACHE", switch)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert tiny_model.default_dir() == tmp_path / "siftmoe_gym" / "tiny-moe"
+    monkeypatch.setenv("SIFTMOE_CACHE", "/somewhere/else")
+    with pytest.warns(UserWarning, match="no longer moves the tiny model"):
+        assert tiny_model.default_dir() == tmp_path / "siftmoe_gym" / "tiny-moe"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a /proc, where no file can be created")
+def test_outputs_that_cannot_be_written_are_refused_before_the_work(capsys, monkeypatch):
+    """tiny_model train --out and traces extract --out are checked by creating a file there first (they used to
+    train or run the model, then fail with a traceback)."""
+    from siftmoe_gym import traces
+
+    monkeypatch.setattr(tiny_model, "train", _slow)
+    assert tiny_model.main(["train", "--out", "/proc/siftmoe-x"]) == 2
+    assert capsys.readouterr().err.startswith("python -m siftmoe_gym.hf.tiny_model: error: --out: cannot write in /proc")
+    text = Path(__file__)
+    assert traces.main(["extract", "--model", "m", "--text", str(text), "--tokens", "4", "--out", "/proc/x.npz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: cannot write in /proc" in err

@@ -11,8 +11,9 @@ early on a busy machine and says so in ``train_info.json``).
     python -m siftmoe_gym.hf.tiny_model train [--out DIR] [--steps N]
     python -m siftmoe_gym.hf.tiny_model eval [--model DIR]
 
-Default folder: ``~/.cache/siftmoe_gym/tiny-moe`` (``$SIFTMOE_CACHE`` overrides
-``~/.cache/siftmoe_gym``).
+Default folder: ``$XDG_CACHE_HOME/siftmoe_gym/tiny-moe``, else ``~/.cache/siftmoe_gym/tiny-moe``
+(``--out`` / ``--model`` choose another).  ``$SIFTMOE_CACHE`` is the model cache's on/off switch
+(:mod:`siftmoe_gym.cache`); it used to move this folder, and a value that is not a switch now warns.
 """
 
 from __future__ import annotations
@@ -29,13 +30,25 @@ import numpy as np
 from .loading import ByteTokenizer
 
 HELDOUT_EVERY = 10
+MAX_POSITIONS = 256  # the tiny model's max_position_embeddings: --seq-len stops there
 HELDOUT_OFFSET = 7
 
 
+_SWITCH = {"0", "off", "false", "no", "1", "on", "true", "yes", ""}
+
+
 def default_dir() -> Path:
-    root = os.environ.get("SIFTMOE_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "siftmoe_gym"
-    return base / "tiny-moe"
+    """The tiny model's default folder (module docstring)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    path = (Path(xdg) if xdg else Path.home() / ".cache") / "siftmoe_gym" / "tiny-moe"
+    old = os.environ.get("SIFTMOE_CACHE")
+    if old is not None and old.strip().lower() not in _SWITCH:
+        import warnings
+
+        warnings.warn(f"SIFTMOE_CACHE={old!r} no longer moves the tiny model (it switches the model cache on or off: "
+                      f"0/off/false/no); the tiny model's folder is {path}; use --out / --model for another",
+                      stacklevel=2)
+    return path
 
 
 def stdlib_files(split: str = "train") -> list[Path]:
@@ -69,7 +82,7 @@ def tiny_config(**overrides):
     kw = dict(
         vocab_size=tok.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_local_experts=8, num_experts_per_tok=2,
-        max_position_embeddings=256, rope_theta=10000.0, router_aux_loss_coef=0.02, output_router_logits=False,
+        max_position_embeddings=MAX_POSITIONS, rope_theta=10000.0, router_aux_loss_coef=0.02, output_router_logits=False,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, sliding_window=None,
     )
@@ -196,20 +209,17 @@ def load_or_train(path: str | Path | None = None, **train_kwargs):
 
 def _check_args(args) -> None:
     """Every option checked before torch loads (:class:`siftmoe_gym.cli.UsageError` naming the option)."""
-    from ..cli import UsageError, at_least
+    from ..cli import UsageError, at_least, check_writable
 
     if args.cmd == "train":
         for name, low in (("--steps", 1), ("--batch-size", 1), ("--seq-len", 2), ("--seed", 0), ("--threads", 1)):
             at_least(name, getattr(args, name[2:].replace("-", "_")), low)
+        at_least("--seq-len", args.seq_len, 2, MAX_POSITIONS)  # the model's max_position_embeddings
         if not 0 < args.lr < math.inf:
             raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
         if not args.max_seconds > 0:
             raise UsageError(f"--max-seconds must be > 0, got {args.max_seconds}")
-        if args.out is not None:
-            out = Path(args.out)
-            first = next(p for p in (out, *out.parents) if p.exists())
-            if not first.is_dir():
-                raise UsageError(f"--out: {first} is not a folder")
+        check_writable("--out", Path(args.out) if args.out is not None else default_dir())
         return
     at_least("--tokens", args.tokens, 2)
     at_least("--threads", args.threads, 1)
