@@ -299,7 +299,8 @@ class SystemConfig:
                 mknown = {f.name for f in dataclasses.fields(SyntheticModelConfig)}
                 bad = sorted(set(value) - mknown)
                 if bad:
-                    raise ValueError(f"unknown config key(s) model.{bad}; allowed: {sorted(mknown)}")
+                    raise ValueError(f"unknown config key(s) {['model.' + str(b) for b in bad]}; allowed under model: "
+                                     f"{sorted(mknown)}")
                 model.update(value)
             else:
                 values[key] = value

@@ -64,7 +64,7 @@ def config_for_trace(config: SystemConfig, trace: Trace, explicit: Iterable[str]
     conflicts = [f"{key}={getattr(config, key)!r} (trace: {key}={changes[key]!r})" for key in TRACE_KEYS
                  if key in explicit and getattr(config, key) != changes[key]]
     if conflicts:
-        where = f"trace {trace.model!r}" if trace.model else "the trace"
+        where = f"the trace (recorded from model {trace.model!r})" if trace.model else "the trace"
         raise ValueError(
             f"config conflicts with {where}: {', '.join(conflicts)}; the trace fixes these keys: drop them from the "
             f"config or give the trace's values"

@@ -329,3 +329,16 @@ def test_reset_refuses_a_space_change_before_building_the_new_system(monkeypatch
     monkeypatch.undo()
     acts = env.action_space.sample()
     _assert_same_step(env.step(acts), ref.step(acts), "after the refused resets")
+
+
+def test_an_env_key_given_twice_with_two_values_is_refused():
+    """episode_tokens / penalty as keyword and in config: equal values are accepted, different ones refused (one
+    of them used to win silently), single and native vector env."""
+    assert gym.make("siftmoe_gym/Decode-v0", config={"episode_tokens": 8}, episode_tokens=8).unwrapped.env_config[
+        "episode_tokens"] == 8
+    for make in (lambda **kw: gym.make("siftmoe_gym/Decode-v0", **kw),
+                 lambda **kw: gym.make_vec("siftmoe_gym/Decode-v0", 2, vectorization_mode="vector_entry_point", **kw)):
+        with pytest.raises(ValueError, match=r"episode_tokens given twice: episode_tokens=8 and config\['episode_tokens'\]=4"):
+            make(config={"episode_tokens": 4}, episode_tokens=8)
+        with pytest.raises(ValueError, match="penalty given twice"):
+            make(config={"penalty": 2.0}, penalty=3.0)

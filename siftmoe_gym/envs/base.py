@@ -126,6 +126,10 @@ class SiftMoEEnv(gym.Env):
                 )
             overrides["episode_tokens"] = episode_tokens
         base_cfg, sys_part, env_part = split_config(config, defaults)
+        clash = sorted(k for k in overrides if k in env_part and env_part[k] != overrides[k])
+        if clash:  # the same key given twice with two values: refused, not one of them picked
+            raise ValueError(f"{clash[0]} given twice: {clash[0]}={overrides[clash[0]]!r} and "
+                             f"config[{clash[0]!r}]={env_part[clash[0]]!r}; give one")
         env_part.update(overrides)
         self.action_mode = action_mode
         self.obs_mode = obs_mode
