@@ -27,11 +27,22 @@ ROUTER_SCORES = ("softmax", "sigmoid")
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"invalid config value {name}={value!r}: must be {allowed}")
+    raise ValueError(f"invalid config value {name}={' '.join(repr(value).split())}: must be {allowed}")  # one line
 
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars as the Python numbers they hold and 1-D NumPy arrays as tuples, so that a config built with
+    NumPy values passes the same checks as one written by hand (the values are unchanged)."""
+    if type(value).__module__ == "numpy":
+        tolist = getattr(value, "tolist", None)
+        if tolist is not None and getattr(value, "ndim", 0) <= 1:
+            out = tolist()
+            return tuple(out) if isinstance(out, list) else out
+    return value
 
 
 @dataclass(frozen=True)
@@ -291,6 +302,7 @@ class SystemConfig:
         values = dataclasses.asdict(base)
         model = dict(values.pop("model"))
         for key, value in data.items():
+            value = _plain(value)
             if key == "model":
                 if isinstance(value, SyntheticModelConfig):
                     value = dataclasses.asdict(value)
@@ -301,7 +313,7 @@ class SystemConfig:
                 if bad:
                     raise ValueError(f"unknown config key(s) {['model.' + str(b) for b in bad]}; allowed under model: "
                                      f"{sorted(mknown)}")
-                model.update(value)
+                model.update({k: _plain(v) for k, v in value.items()})
             else:
                 values[key] = value
         for key in ("distance_range_m", "distances_m"):

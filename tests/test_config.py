@@ -151,3 +151,19 @@ def test_top_k_stops_where_exact_serving_still_runs():
     ran out of memory instead of an error)."""
     _raises(["top_k", "13", "[1, 12]"], num_experts=64, top_k=13)
     assert SystemConfig.from_dict({"num_experts": 64, "top_k": 12}).top_k == 12
+
+
+def test_numpy_values_are_the_numbers_they_hold():
+    """A config built with NumPy scalars and arrays passes the same checks as one written by hand (they used to be
+    refused: num_experts=np.int64(8), distances_m=np.array of M distances); wrong values are still refused."""
+    import numpy as np
+
+    c = SystemConfig.from_dict({"num_experts": np.int64(8), "tau_s": np.float64(0.002), "model_seed": np.int64(3),
+                                "distances_m": np.array([100.0, 200, 100, 100]), "model": {"model_dim": np.int32(16)}})
+    assert c == SystemConfig.from_dict({"num_experts": 8, "tau_s": 0.002, "model_seed": 3,
+                                        "distances_m": (100.0, 200.0, 100.0, 100.0), "model": {"model_dim": 16}})
+    assert type(c.num_experts) is int and type(c.model.model_dim) is int
+    _raises(["num_experts", "8.5"], num_experts=np.float64(8.5))
+    with pytest.raises(ValueError, match="distances_m") as info:
+        SystemConfig.from_dict({"distances_m": np.zeros((2, 2))})
+    assert "\n" not in str(info.value)
