@@ -14,8 +14,10 @@ the next ``gym.make`` of the same system loads them.
   the modules that compute the cached numbers (:data:`CODE_MODULES`) and numpy's
   version: any change of one of them is a different file.
 - **Writes** are atomic (a temporary file in the same directory, then
-  ``os.replace``); a file that cannot be read, is truncated, has a wrong key
-  or wrong shapes is ignored (and overwritten by the rebuilt entry).  A cache
+  ``os.replace``); a file that cannot be read, is truncated, has a wrong key,
+  wrong shapes or arrays whose SHA-256 is not the one written with them (any
+  edit or corruption, dtype changes included) is ignored (and overwritten by
+  the rebuilt entry).  A cache
   directory that cannot be written is not an error: the model is simply
   rebuilt next time.
 """
@@ -32,8 +34,8 @@ from typing import Mapping
 
 import numpy as np
 
-FORMAT = 1
-"""Version of the file layout; part of the key."""
+FORMAT = 2
+"""Version of the file layout; part of the key (2: the arrays' digest is stored with them)."""
 
 KEY_FIELDS = ("num_experts", "num_layers", "quantile", "model_seed")
 """:class:`~siftmoe_gym.config.SystemConfig` fields the cached arrays depend on (with every ``model.*`` field)."""
@@ -91,20 +93,32 @@ def load(key: str, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarra
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
-            out = {name: np.array(z[name]) for name in shapes}
+            stored = {name: np.array(z[name]) for name in z.files if name not in ("key", "digest")}
+            digest = str(z["digest"])
+            out = {name: stored[name] for name in shapes}
     except Exception:  # missing, truncated, not an npz, wrong content: rebuild
         return None
     for name, shape in shapes.items():
         if out[name].shape != tuple(shape) or not np.all(np.isfinite(out[name])):
             return None
-    return out
+    return out if digest == _digest(stored) else None
+
+
+def _digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays' names, dtypes, shapes and bytes (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 def save(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
     """Write ``arrays`` under ``key`` atomically; returns the path, or None when caching is off or the
     directory cannot be written.  ``ValueError`` if an array is named ``key`` (the name the key is stored under)."""
-    if "key" in arrays:
-        raise ValueError("cache arrays cannot be named 'key' (reserved for the cache key)")
+    if "key" in arrays or "digest" in arrays:
+        raise ValueError("cache arrays cannot be named 'key' or 'digest' (reserved for the cache key and the arrays' digest)")
     if not enabled():
         return None
     path = path_for(key)
@@ -113,7 +127,7 @@ def save(key: str, arrays: Mapping[str, np.ndarray]) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), **arrays)
+            np.savez(fh, key=np.array(key), digest=np.array(_digest(arrays)), **arrays)
         os.replace(tmp, path)
         return path
     except OSError:
