@@ -243,12 +243,15 @@ class Trace:
                 raise TraceError(f"topk slots must be in descending {order_name} order{_first(desc, 'topk')}")
         if np.any(self.hidden_norms < 0):
             raise TraceError(f"hidden_norms must be >= 0{_first(self.hidden_norms < 0, 'hidden_norms')}")
-        if np.any(self.delta < 0) or np.any(self.sigma <= 0):
-            raise TraceError("delta must be >= 0 and sigma > 0")
+        if np.any(self.delta < 0):
+            raise TraceError(f"delta must be >= 0{_first(self.delta < 0, 'delta')}")
+        if np.any(self.sigma <= 0):
+            raise TraceError(f"sigma must be > 0{_first(self.sigma <= 0, 'sigma')}")
         if np.any(self.delta > MAX_RATIO) or np.any(self.sigma > MAX_RATIO):
             raise TraceError(f"delta and sigma must be at most {MAX_RATIO:g} (relative output deviations)")
-        if not np.allclose(self.delta, np.swapaxes(self.delta, 1, 2), rtol=1e-5, atol=1e-7):
-            raise TraceError("delta must be symmetric in its last two axes")
+        asym = ~np.isclose(self.delta, np.swapaxes(self.delta, 1, 2), rtol=1e-5, atol=1e-7)
+        if np.any(asym):
+            raise TraceError(f"delta must be symmetric in its last two axes{_first(asym, 'delta')}")
         if np.any(np.abs(np.diagonal(self.delta, axis1=1, axis2=2)) > 1e-7):
             raise TraceError("delta must have a zero diagonal")
         return self

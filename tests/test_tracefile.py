@@ -181,8 +181,12 @@ def test_other_invalid_contents(tmp_path):
         load_trace(write_raw(tmp_path / "a.npz", arrays, tr.metadata()))
     arrays = raw_arrays(tr)
     arrays["sigma"][0, 0] = 0.0
-    with pytest.raises(TraceError, match="sigma > 0"):
+    with pytest.raises(TraceError, match=r"sigma must be > 0 \(first at index \(0, 0\)\)"):
         load_trace(write_raw(tmp_path / "b.npz", arrays, tr.metadata()))
+    arrays = raw_arrays(tr)
+    arrays["delta"][1, 2, 3] = arrays["delta"][1, 3, 2] + 0.5  # the array and the first bad entry are named
+    with pytest.raises(TraceError, match=r"delta must be symmetric in its last two axes \(first at index \(1, 2, 3\)\)"):
+        load_trace(write_raw(tmp_path / "b2.npz", arrays, tr.metadata()))
     arrays = raw_arrays(tr)
     arrays["delta"][0, 2, 2] = 0.1
     with pytest.raises(TraceError, match="zero diagonal"):
