@@ -34,6 +34,7 @@ routers gives (when ``N + 1 >= d`` all ``d`` coordinates are drawn), with
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,36 @@ class SyntheticLayer:
         return lambda x: (np.maximum(x @ self.w1[i].T, 0.0)) @ self.w2[i].T
 
 
+def build_bytes(config: SystemConfig) -> int:
+    """Bytes of the largest arrays building ``config``'s synthetic model holds at once (float64): every layer's
+    expert weights ``2 L N h d``, one layer's calibration outputs ``N T d``, the calibration hidden states
+    ``T L d``, ``Delta`` ``L N^2`` and the router scores ``T L N``."""
+    m = config.model
+    n, nl, d, h, t = config.num_experts, config.num_layers, m.model_dim, m.expert_hidden, m.calibration_tokens
+    return 8 * (2 * nl * n * h * d + n * t * d + t * nl * d + nl * n * n + t * nl * n)
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_build_memory(config: SystemConfig) -> None:
+    """``ValueError`` naming the fields that size the synthetic model when building it would need more memory
+    than the machine has (:func:`build_bytes` against :func:`physical_memory`), before anything is drawn."""
+    need, have = build_bytes(config), physical_memory()
+    if have is not None and need > have:
+        m = config.model
+        raise ValueError(
+            f"building this synthetic model needs about {need / 2**30:,.0f} GiB, more than this machine's "
+            f"{have / 2**30:,.0f} GiB (num_layers={config.num_layers}, num_experts={config.num_experts}, "
+            f"model.model_dim={m.model_dim}, model.expert_hidden={m.expert_hidden}, "
+            f"model.calibration_tokens={m.calibration_tokens}); make some of them smaller")
+
+
 class SyntheticMoE:
     """The synthetic model of a :class:`SystemConfig` (seeded by ``model_seed``).
 
@@ -110,6 +141,7 @@ class SyntheticMoE:
                 self._calibration = (hit["delta"], hit["sigma"], hit["probs"])
                 self._routers, self._biases = hit["routers"], hit["biases"]
         if self._calibration is None:
+            check_build_memory(config)
             self._draw_layers(rng)
         self._routing_frame()
 

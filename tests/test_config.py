@@ -167,3 +167,29 @@ def test_numpy_values_are_the_numbers_they_hold():
     with pytest.raises(ValueError, match="distances_m") as info:
         SystemConfig.from_dict({"distances_m": np.zeros((2, 2))})
     assert "\n" not in str(info.value)
+
+
+def test_a_model_larger_than_the_machine_is_refused_before_drawing(monkeypatch):
+    """A config inside every range whose synthetic model cannot fit in memory is refused up front, naming the fields
+    that size it (it used to end in a MemoryError without a field, or run for minutes)."""
+    import siftmoe_gym.synthetic as syn
+
+    cfg = SystemConfig.from_dict({"num_experts": 16, "num_layers": 2})
+    t = cfg.model.calibration_tokens  # 512; model_dim = expert_hidden = 32
+    assert syn.build_bytes(cfg) == 8 * (2 * 2 * 16 * 32 * 32 + 16 * t * 32 + t * 2 * 32 + 2 * 16 * 16 + t * 2 * 16)
+    monkeypatch.setattr(syn, "physical_memory", lambda: syn.build_bytes(cfg) - 1)
+    class Drawn(Exception):
+        pass
+
+    def draw(self, rng):
+        raise Drawn
+
+    monkeypatch.setattr(syn.SyntheticMoE, "_draw_layers", draw)
+    with pytest.raises(ValueError, match=r"needs about .* GiB, more than this machine's .*num_layers=2, num_experts=16"):
+        syn.SyntheticMoE(cfg, use_cache=False)
+    monkeypatch.setattr(syn, "physical_memory", lambda: syn.build_bytes(cfg))  # exactly enough: drawn
+    with pytest.raises(Drawn):
+        syn.SyntheticMoE(cfg, use_cache=False)
+    monkeypatch.setattr(syn, "physical_memory", lambda: None)  # an OS that does not say: no check
+    with pytest.raises(Drawn):
+        syn.SyntheticMoE(cfg, use_cache=False)
