@@ -21,7 +21,10 @@ from typing import Sequence
 from .algos import ALGOS, ALIASES, MAX_ENVS
 from .cliutil import OneLineParser as _Parser
 from .cliutil import UsageError as _UsageExit
-from .cliutil import at_least, run_main
+from .cliutil import at_least, check_writable, run_main
+
+MOST = {"steps": 10**10, "eval_freq": 10**10, "checkpoint_freq": 10**10, "eval_episodes": 10_000, "episodes": 10_000}
+"""Largest counts accepted (10^10 steps is weeks of training here; 10,000 evaluation episodes hours)."""
 
 PROG = "train.py"
 
@@ -113,7 +116,11 @@ def _check_args(args: argparse.Namespace) -> None:
     for names, low in ((("steps", "n_envs", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "episodes"), 1),
                        (("seed", "eval_seed"), 0)):
         for name in names:
-            at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), low)
+            at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), low, MOST.get(name))
+    if getattr(args, "cmd", None) != "evaluate" and getattr(args, "logdir", None) is not None:
+        check_writable("--logdir", args.logdir)  # before the environments and the model are built
+    if out is not None:
+        check_writable("--out", out)
     if getattr(args, "resume", False) and (args.eval_episodes is not None or args.eval_seed is not None):
         raise _UsageExit("--resume evaluates on the run's saved seeds: --eval-episodes and --eval-seed cannot change")
     mvr = getattr(args, "max_violation_rate", None)

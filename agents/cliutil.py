@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from siftmoe_gym.cli import OneLineParser, UsageError, at_least, one_line  # noqa: F401  (re-exported)
+from siftmoe_gym.cli import OneLineParser, UsageError, at_least, check_writable, one_line  # noqa: F401  (re-exported)
 from siftmoe_gym.cli import run_main as _run_main
 
 from .algos import AgentConfigError

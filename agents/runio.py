@@ -17,6 +17,7 @@ folder, then ``os.replace`` moves it into place (atomic on POSIX).
 ``remove_stale_tmp``           temporary files an interrupted write left in a run folder
 ``model_metadata``             the JSON written beside a model, else ``config.json``
 ``resolve_model_path``         a model zip from a path, a stem or a run folder
+``read_run_config``            a run's ``config.json`` for ``--resume``, checked (one-line error)
 =============================  =====================================================
 """
 
@@ -296,3 +297,19 @@ def resolve_model_path(model_path: str | os.PathLike) -> Path:
             if (p / name).is_file():
                 return p / name
     raise AgentConfigError(f"model file not found: {model_path}")
+
+
+RUN_CONFIG_KEYS = ("env_id", "algo", "hyperparams", "eval_seeds", "seed")
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's ``config.json`` for ``--resume``; :class:`AgentConfigError` (one line) when it is not JSON or lacks
+    what a resume reads."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AgentConfigError(f"--resume: {path} is not readable JSON ({' '.join(str(exc).split())})") from None
+    missing = [k for k in RUN_CONFIG_KEYS if k not in saved] if isinstance(saved, dict) else list(RUN_CONFIG_KEYS)
+    if missing:
+        raise AgentConfigError(f"--resume: {path} is not a run's config (missing {', '.join(missing)})")
+    return saved

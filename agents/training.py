@@ -43,7 +43,7 @@ from .report.tables import format_table, write_comparison
 from .trainlog import TrainLog, eval_line
 from .runio import (
     atomic_save_model, atomic_write_json, claim_run_dir, model_metadata, latest_run_dir, remove_stale_tmp, resolve_model_path, resumable,
-    run_dirs, slug,
+    read_run_config, run_dirs, slug,
 )
 
 QUICK = {
@@ -176,7 +176,7 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
         if not checkpoints:
             why = "; ".join(notes) or "none was written"
             raise AgentConfigError(f"--resume: no intact checkpoint in {run_dir / 'checkpoints'} ({why})")
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = read_run_config(run_dir / "config.json")
         if saved["env_id"] != env_id or saved["algo"] != algo:
             raise AgentConfigError(
                 f"--resume: run {run_dir} is {saved['algo']} on {saved['env_id']}, not {algo} on {env_id}")

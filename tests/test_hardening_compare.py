@@ -62,6 +62,12 @@ BAD_SECOND = {
     "policy-kwargs": ("- name: second\n  policies: [topk]\n  policy_kwargs: {siftmoe: {}}\n",
                       "policy_kwargs: unknown key(s) 'siftmoe'"),
     "duplicate-name": ("- name: first\n", "scenario name 'first' is used twice"),
+    "name-escapes-out": ("- name: ../../evil\n", "a scenario name names its files in --out: a plain name"),
+    "name-subfolder": ("- name: a/b\n", "a plain name (no '/'"),
+    "name-hidden": ("- name: .hidden\n", "not starting with '.'"),
+    "sweep-and-config": ("- name: second\n  config: {episode_tokens: 2}\n  sweep: {param: episode_tokens, values: [2, 3]}\n",
+                         "sweep.param 'episode_tokens' is also set in config (2): the sweep would override it"),
+    "duplicate-key": ("- name: second\n  episodes: 2\n  episodes: 3\n", "found the key 'episodes' twice"),
     "kind": ("- name: second\n  kind: sweeep\n", "unknown kind 'sweeep'"),
     "hf-key": ("- name: second\n  kind: hf_accuracy\n  env: siftmoe_gym/Decode-v0\n", "unknown key(s) 'env'"),
 }
@@ -123,6 +129,16 @@ def test_compare_cli_one_line(tmp_path, capsys, extra, needle):
     rc = compare.main(["--scenarios", str(_write(tmp_path, "")), "--out", str(out), "--no-progress", *extra])
     _one_line(capsys, rc, needle)
     assert not out.exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a /proc, where no file can be created")
+def test_compare_out_that_cannot_be_written_is_refused_first(tmp_path, capsys, monkeypatch):
+    from agents import compare
+    from agents.report import benchmark
+
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *a, **k: pytest.fail("scenarios ran"))
+    rc = compare.main(["--scenarios", str(_write(tmp_path, "")), "--out", "/proc/siftmoe-x", "--no-progress"])
+    _one_line(capsys, rc, "--out: cannot write in /proc")
 
 
 def test_compare_process_one_line_no_traceback(tmp_path):

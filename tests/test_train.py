@@ -174,7 +174,9 @@ def run_cli(*args, timeout=120):
     (["--hyperparams", "no_such_key=1", "--steps", "10"], "not accepted by PPO"),
     (["evaluate", "--model", "/nonexistent/model.zip"], "model file not found"),
     (["--steps", "ten"], "invalid int value"),
-], ids=["algo", "incompatible", "env", "hyperparam", "model", "argparse"])
+    (["--steps", "99999999999999"], "--steps must be <= 10,000,000,000"),
+    (["--eval-episodes", "100000000"], "--eval-episodes must be <= 10,000"),
+], ids=["algo", "incompatible", "env", "hyperparam", "model", "argparse", "steps-huge", "episodes-huge"])
 def test_bad_arguments_one_line_exit_2(tmp_path, args, needle):
     r = run_cli(*args, "--logdir", str(tmp_path)) if args[0] != "evaluate" else run_cli(*args)
     assert r.returncode == 2, r.stderr
@@ -182,6 +184,32 @@ def test_bad_arguments_one_line_exit_2(tmp_path, args, needle):
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("train.py: error:") and needle in lines[0]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a /proc, where no file can be created")
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path):
+    """--logdir and evaluate's --out are tried with a temporary file first (a traceback after building the envs
+    and the model, or after the whole evaluation, before)."""
+    for args, needle in ((["--steps", "4096", "--logdir", "/proc/nope"], "--logdir: cannot write in /proc"),
+                         (["evaluate", "--model", "/nonexistent/m.zip", "--out", "/proc/x"], "--out: cannot write in /proc")):
+        r = run_cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and needle in r.stderr, r.stderr
+
+
+def test_a_damaged_run_config_is_one_line(tmp_path):
+    """--resume reads config.json through runio.read_run_config: not JSON, not a mapping or missing what a resume
+    needs is an AgentConfigError naming the file (a JSONDecodeError or TypeError traceback before)."""
+    from agents.algos import AgentConfigError
+    from agents.runio import read_run_config
+
+    path = tmp_path / "config.json"
+    for text, needle in (("{x", "is not readable JSON"), ("[]", "missing env_id"), ('{"env_id": "e"}', "missing algo")):
+        path.write_text(text)
+        with pytest.raises(AgentConfigError, match=needle) as info:
+            read_run_config(path)
+        assert "\n" not in str(info.value) and str(path) in str(info.value)
+    with pytest.raises(AgentConfigError, match="is not readable JSON"):
+        read_run_config(tmp_path / "missing.json")
 
 
 def test_cli_train_then_evaluate(tmp_path):

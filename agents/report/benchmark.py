@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algos import AgentConfigError
-from ..cliutil import OneLineParser, UsageError, at_least, run_main
+from ..cliutil import OneLineParser, UsageError, at_least, check_writable, run_main
 from ..models import load_saved_agent
 from ..runio import atomic_write_json, atomic_write_text, write_csv
 from .plots import plot_hf_accuracy, plot_scenario
@@ -259,6 +259,7 @@ def _main(argv: list[str] | None) -> int:
     args = ap.parse_args(argv)
     if not args.out.strip() or (Path(args.out).exists() and not Path(args.out).is_dir()):
         raise UsageError(f"--out must name a folder, got {args.out!r}")
+    check_writable("--out", args.out)  # before any scenario runs (the report is written as they finish)
     at_least("--episodes", args.episodes, 1)
     at_least("--threads", args.threads, 1)
     at_least("--num-cpus", args.num_cpus, 1)

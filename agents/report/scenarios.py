@@ -161,6 +161,9 @@ def check_scenarios(data: Any, source: str = "scenario file", build_envs: bool =
         name = scn.get("name")
         if not isinstance(name, str) or not name.strip():
             _fail(where, f"every scenario needs a 'name' (a non-empty string), got {name!r}")
+        if "/" in name or "\\" in name or name.strip() in (".", "..") or name.startswith(".") or name != name.strip():
+            _fail(where, f"a scenario name names its files in --out: a plain name (no '/' or '\\', not starting with "
+                         f"'.', no outer spaces), got {name!r}")
         if name in seen:
             _fail(where, f"scenario name {name!r} is used twice")
         seen.add(name)
@@ -222,6 +225,12 @@ def _check_sweep_scenario(where: str, scn: dict, build_envs: bool) -> None:
     sweep = scn.get("sweep")
     if sweep is not None:
         _check_sweep(where, sweep, keys, env_id)
+        node = scn.get("config") or {}
+        for p in sweep["param"].split("."):  # the swept key also fixed in config: one of the two would be lost
+            node = node.get(p) if isinstance(node, dict) else None
+        if node is not None:
+            _fail(where, f"sweep.param {sweep['param']!r} is also set in config ({node!r}): the sweep would "
+                         "override it; remove it from config")
     fits = list(baselines.available_policies(setting))
     policies = fits
     if "policies" in scn:
