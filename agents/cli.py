@@ -135,11 +135,19 @@ def _run_train(args: argparse.Namespace) -> int:
     env_id = args.env if args.env is not None else "siftmoe_gym/Decode-v0"
     algo = args.algo if args.algo is not None else "ppo"
     steps, n_envs, eval_freq, eval_episodes = args.steps, args.n_envs, args.eval_freq, args.eval_episodes
-    if args.quick:  # the quick settings fill in only what was not given
+    hp, ek = _key_values(args.hyperparams, "--hyperparams"), _key_values(args.env_kwargs, "--env-kwargs")
+    for key, option, value in (("n_envs", "--n-envs", n_envs), ("n_timesteps", "--steps", steps)):
+        if key in hp and value is not None and hp[key] != value:  # both given: refused, not one picked
+            raise _UsageExit(f"--hyperparams {key}={hp[key]!r} and {option} {value} disagree; give one")
+    hp_ek = hp.get("env_kwargs") if isinstance(hp.get("env_kwargs"), dict) else {}
+    clash = sorted(str(k) for k in hp_ek if k in ek and hp_ek[k] != ek[k])
+    if clash:
+        raise _UsageExit(f"--hyperparams env_kwargs and --env-kwargs disagree on {', '.join(clash)}; give one")
+    if args.quick:  # the quick settings fill in only what was not given (as an option or a hyperparameter)
         env_id = args.env if args.env is not None else QUICK["env_id"]
         algo = args.algo if args.algo is not None else QUICK["algo"]
-        steps = QUICK["steps"] if steps is None else steps
-        n_envs = QUICK["n_envs"] if n_envs is None else n_envs
+        steps = QUICK["steps"] if steps is None and "n_timesteps" not in hp else steps
+        n_envs = QUICK["n_envs"] if n_envs is None and "n_envs" not in hp else n_envs
         eval_freq = QUICK["eval_freq"] if eval_freq is None else eval_freq
         eval_episodes = QUICK["eval_episodes"] if eval_episodes is None else eval_episodes
     eval_episodes = 5 if eval_episodes is None else eval_episodes
@@ -149,8 +157,7 @@ def _run_train(args: argparse.Namespace) -> int:
     canonical_algo(algo)
     kwargs = dict(
         env_id=env_id, algo=algo, steps=steps, seed=args.seed, n_envs=n_envs, logdir=args.logdir,
-        hyperparams=_key_values(args.hyperparams, "--hyperparams"), conf_file=args.conf_file,
-        env_kwargs=_key_values(args.env_kwargs, "--env-kwargs"),
+        hyperparams=hp, conf_file=args.conf_file, env_kwargs=ek,
         eval_freq=eval_freq, eval_episodes=eval_episodes, checkpoint_freq=args.checkpoint_freq, resume=args.resume,
         run_name=args.run_name, vec=args.vec, progress_bar=not args.no_progress, baselines=args.baselines,
         max_violation_rate=args.max_violation_rate, threads=args.threads, verbose=args.verbose,

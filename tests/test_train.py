@@ -176,7 +176,11 @@ def run_cli(*args, timeout=120):
     (["--steps", "ten"], "invalid int value"),
     (["--steps", "99999999999999"], "--steps must be <= 10,000,000,000"),
     (["--eval-episodes", "100000000"], "--eval-episodes must be <= 10,000"),
-], ids=["algo", "incompatible", "env", "hyperparam", "model", "argparse", "steps-huge", "episodes-huge"])
+    (["--hyperparams", "n_envs=4", "--n-envs", "8"], "--hyperparams n_envs=4 and --n-envs 8 disagree"),
+    (["--quick", "--hyperparams", "n_timesteps=8192", "--steps", "4096"], "n_timesteps=8192 and --steps 4096 disagree"),
+    (["--hyperparams", "env_kwargs={episode_tokens: 4}", "--env-kwargs", "episode_tokens=8"], "disagree on episode_tokens"),
+], ids=["algo", "incompatible", "env", "hyperparam", "model", "argparse", "steps-huge", "episodes-huge", "n-envs-twice",
+        "steps-twice", "env-kwargs-twice"])
 def test_bad_arguments_one_line_exit_2(tmp_path, args, needle):
     r = run_cli(*args, "--logdir", str(tmp_path)) if args[0] != "evaluate" else run_cli(*args)
     assert r.returncode == 2, r.stderr
