@@ -215,6 +215,10 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
         raise AgentConfigError(f"--steps must be positive, got {total}")
     if saved is not None:
         n_envs = int(saved["n_envs"])  # the checkpoint's rollout buffers are shaped for it
+        done = int(checkpoints[0]["timesteps"])
+        if total <= done:  # refused before the run folder is touched (it used to be rewritten around the old model)
+            raise AgentConfigError(f"--resume: --steps {total:,} is not above the checkpoint's {done:,} steps: nothing "
+                                   f"to train (train.py evaluate --model {run_dir} evaluates it)")
     wrapper = import_by_name(trainer_opts["env_wrapper"]) if trainer_opts.get("env_wrapper") else None
     if vec is None:
         from siftmoe_gym.envs.sb3_vec import has_native

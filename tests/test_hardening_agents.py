@@ -323,3 +323,15 @@ def test_rllib_cli_one_line(capsys, args, needle):
     from agents.rllib import main
 
     _one_line_error(capsys, main(args), "python -m agents.rllib", needle)
+
+
+def test_resume_with_no_steps_left_is_refused_and_leaves_the_run_as_it_was(tmp_path):
+    """--resume --steps at or below the checkpoint used to evaluate the old model and rewrite config.json (a lower
+    step target, other frequencies), final_model and the comparison: now refused before the folder is touched."""
+    first = _train(tmp_path, steps=256, eval_freq=128, checkpoint_freq=128)
+    run = first.run_dir
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    for steps in (256, 128):
+        with pytest.raises(AgentConfigError, match=f"--resume: --steps {steps} is not above the checkpoint's 256 steps"):
+            _train(tmp_path, steps=steps, resume=True)
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
