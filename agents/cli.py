@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv and argv[0] == "compare":  # the benchmark report: same as python -m agents.compare
             from .report.benchmark import main as compare_main
 
-            return compare_main(argv[1:])
+            return compare_main(argv[1:], prog="train.py compare")
         return _run_train(train_parser().parse_args(argv[1:] if argv and argv[0] == "train" else argv))
 
-    return run_main(PROG, body, interrupted="interrupted (resume with --resume)")
+    return run_main(PROG, body, interrupted="interrupted (a run that wrote a checkpoint continues with --resume)")

@@ -192,3 +192,16 @@ def test_out_must_be_a_folder(tmp_path, capsys):
     rc = compare.main(["--scenarios", str(_write(tmp_path, "")), "--out", str(out), "--no-progress"])
     _one_line(capsys, rc, "--out must name a folder")
     assert out.read_text() == "a file"
+
+
+def test_train_py_compare_names_itself_and_a_folder_is_not_a_file(tmp_path, capsys):
+    """`train.py compare` errors start with `train.py compare: error:` (they named python -m agents.compare), and a
+    folder given as --scenarios is called a folder (it was 'no such file')."""
+    from agents.cli import main
+
+    rc = main(["compare", "--scenarios", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"train.py compare: error: --scenarios: a folder, not a file: {tmp_path}\n", err
+    rc = main(["compare", "--scenarios", str(tmp_path / "missing.yml"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("train.py compare: error: --scenarios: no such file"), err

@@ -121,7 +121,8 @@ def run_benchmark(scenarios: str | os.PathLike, out_dir: str | os.PathLike, epis
                     if plan is not None:
                         runner.submit(scn, plan, [seed0 + i for i in range(n_eps(scn))])
             ray_tasks = runner.tasks
-        with tqdm(total=sum(units(s) for s in scns), desc="compare", unit="run", disable=not progress) as bar:
+        with tqdm(total=sum(units(s) for s in scns), desc="compare", unit="run",
+                  disable=not progress or not sys.stderr.isatty()) as bar:  # a bar on a terminal only, as training
             for scn in scns:
                 ts = time.perf_counter()
                 seeds = [seed0 + i for i in range(n_eps(scn))]
@@ -230,14 +231,14 @@ def _parse_agents(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m agents.compare``: bad input is one line ``python -m agents.compare: error: ...`` and exit
-    status 2, before anything runs; 1 when a dominance check fails."""
-    return run_main(PROG, lambda: _main(argv))
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """``python -m agents.compare`` (or ``prog``, e.g. ``train.py compare``): bad input is one line
+    ``<prog>: error: ...`` and exit status 2, before anything runs; 1 when a dominance check fails."""
+    return run_main(prog, lambda: _main(argv, prog))
 
 
-def _main(argv: list[str] | None) -> int:
-    ap = OneLineParser(prog=PROG,
+def _main(argv: list[str] | None, prog: str = PROG) -> int:
+    ap = OneLineParser(prog=prog,
                        description="Compare policies and saved agents on identical seeded episodes over the "
                                    "scenarios of a YAML file; write CSV, markdown and PNG plots.")
     ap.add_argument("--scenarios", required=True, help="scenario YAML (e.g. benchmarks/scenarios/default.yml)")

@@ -89,7 +89,7 @@ def load_scenario_file(path: str | os.PathLike, build_envs: bool = True) -> dict
 
     p = Path(path)
     if not p.is_file():
-        raise ScenarioError(f"--scenarios: no such file: {path}")
+        raise ScenarioError(f"--scenarios: {'a folder, not a file' if p.is_dir() else 'no such file'}: {path}")
     try:
         data = yamlio.load(p.read_text(), str(path))  # a key given twice is refused, 1e-3 is a number
     except ValueError as exc:
