@@ -19,7 +19,6 @@ import inspect
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 from siftmoe_gym import yamlio
 
 from .algos import AgentConfigError, canonical_algo, get_algo
@@ -44,10 +43,7 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
     if not path.is_file():
         raise AgentConfigError(f"hyperparameter file not found: {path}")
     try:
-        table = yamlio.load(path.read_text(), f"hyperparameter file {path}") or {}
-    except OSError as exc:
-        raise AgentConfigError(f"hyperparameter file {path}: {exc.__class__.__name__}: "
-                               f"{' '.join(str(exc).split())[:200]}") from None
+        table = yamlio.read(path, f"hyperparameter file {path}") or {}
     except ValueError as exc:
         raise AgentConfigError(str(exc)[:300]) from None
     if not isinstance(table, dict):
@@ -64,7 +60,7 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
 def parse_value(text: str):
     """One override value parsed as YAML (with YAML 1.2's floats: ``1e-3`` is 0.001, ``lin_1e-3`` and ``auto``
     stay strings); an empty value is ``None``."""
-    return yaml.load(text, Loader=yamlio.Loader) if text.strip() else None  # noqa: S506 - a SafeLoader
+    return yamlio.load(text, "value") if text.strip() else None
 
 
 def parse_overrides(items: Iterable[str] | None, option: str = "--hyperparams") -> dict[str, Any]:
@@ -82,9 +78,9 @@ def parse_overrides(items: Iterable[str] | None, option: str = "--hyperparams") 
             raise AgentConfigError(f"{option}: {key!r} is given twice")
         try:
             out[key] = parse_value(value)
-        except yaml.YAMLError as exc:
+        except ValueError as exc:
             raise AgentConfigError(f"{option}: cannot parse the value of {key!r}: {value!r} "
-                                   f"({exc.__class__.__name__})") from None
+                                   f"({' '.join(str(exc).split())[:160]})") from None
     return out
 
 

@@ -299,7 +299,9 @@ def resolve_model_path(model_path: str | os.PathLike) -> Path:
     raise AgentConfigError(f"model file not found: {model_path}")
 
 
-RUN_CONFIG_KEYS = ("env_id", "algo", "hyperparams", "eval_seeds", "seed")
+RUN_CONFIG_KEYS = {"env_id": str, "algo": str, "hyperparams": dict, "eval_seeds": list, "seed": int, "n_envs": int,
+                   "steps": int}
+"""What ``--resume`` reads from a run's ``config.json``, and its type (``env_kwargs``: a mapping or null)."""
 
 
 def read_run_config(path: Path) -> dict[str, Any]:
@@ -312,4 +314,9 @@ def read_run_config(path: Path) -> dict[str, Any]:
     missing = [k for k in RUN_CONFIG_KEYS if k not in saved] if isinstance(saved, dict) else list(RUN_CONFIG_KEYS)
     if missing:
         raise AgentConfigError(f"--resume: {path} is not a run's config (missing {', '.join(missing)})")
+    wrong = [k for k, kind in RUN_CONFIG_KEYS.items() if not isinstance(saved[k], kind) or isinstance(saved[k], bool)]
+    wrong += [] if saved.get("env_kwargs") is None or isinstance(saved["env_kwargs"], dict) else ["env_kwargs"]
+    wrong += [] if "eval_seeds" in wrong or all(type(x) is int for x in saved["eval_seeds"]) else ["eval_seeds"]
+    if wrong:
+        raise AgentConfigError(f"--resume: {path} is not a run's config ({', '.join(wrong)} of the wrong type)")
     return saved

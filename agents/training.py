@@ -205,11 +205,13 @@ def resolve_run(env_id: str, algo: str, steps: int | None, seed: int, n_envs: in
     for key in ("n_envs", "n_timesteps"):  # YAML or --hyperparams values: whole numbers >= 1, or a one-line error
         val = trainer_opts.get(key)
         whole = isinstance(val, int) or (isinstance(val, float) and val.is_integer())  # rl-zoo3 files write !!float 1e6
-        if val is not None and (isinstance(val, bool) or not whole or val < 1):
-            raise AgentConfigError(f"hyperparameter {key}={val!r} must be an integer >= 1")
+        if val is not None and (isinstance(val, bool) or not whole or val < 1 or val > 10**10):
+            raise AgentConfigError(f"hyperparameter {key}={val!r} must be an integer >= 1 and <= 10,000,000,000")
     if (trainer_opts.get("n_envs") or 1) > MAX_ENVS:
         raise AgentConfigError(f"hyperparameter n_envs={trainer_opts['n_envs']} must be at most {MAX_ENVS}")
     n_envs = int(n_envs or trainer_opts.get("n_envs", 1))
+    if steps is None and saved is not None:  # a resume keeps the run's own target unless --steps gives another
+        steps = int(saved["steps"])
     total = int(steps if steps is not None else trainer_opts.get("n_timesteps", 100_000))
     if total <= 0:
         raise AgentConfigError(f"--steps must be positive, got {total}")

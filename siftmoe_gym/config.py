@@ -42,6 +42,8 @@ def _plain(value: Any) -> Any:
         if tolist is not None and getattr(value, "ndim", 0) <= 1:
             out = tolist()
             return tuple(out) if isinstance(out, list) else out
+    if isinstance(value, (list, tuple)):  # e.g. distances_m as a list of np.int64
+        return type(value)(_plain(v) for v in value)
     return value
 
 
@@ -338,17 +340,16 @@ class SystemConfig:
         or from YAML text: a mapping of fields, optionally with ``preset`` (the base the other keys override).
         Read by :mod:`siftmoe_gym.yamlio` (``2e-3`` is a number, a key given twice is refused).
         ``ValueError`` naming the source for a missing file, invalid YAML or anything but a mapping."""
-        from .yamlio import load
+        from .yamlio import load, read
 
         one_line = isinstance(path_or_text, str) and "\n" not in path_or_text
         p = Path(path_or_text)
         if isinstance(path_or_text, Path) or (one_line and p.exists()):
             if not p.is_file():
                 raise ValueError(f"config file {str(p)!r}: " + ("a folder, not a file" if p.exists() else "no such file"))
-            where, text = str(p), p.read_text()
+            where, data = str(p), read(p)
         else:
-            where, text = "config YAML", str(path_or_text)
-        data = load(text, where)
+            where, data = "config YAML", load(str(path_or_text), "config YAML")
         if data is None:
             data = {}
         if not isinstance(data, dict):

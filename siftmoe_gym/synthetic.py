@@ -83,11 +83,13 @@ class SyntheticLayer:
 
 def build_bytes(config: SystemConfig) -> int:
     """Bytes of the largest arrays building ``config``'s synthetic model holds at once (float64): every layer's
-    expert weights ``2 L N h d``, one layer's calibration outputs ``N T d``, the calibration hidden states
-    ``T L d``, ``Delta`` ``L N^2`` and the router scores ``T L N``."""
+    expert weights ``2 L N h d``, one layer's cluster centres ``2 c h d`` and draw temporary ``N h d``, one
+    layer's calibration outputs ``N T d``, the calibration hidden states ``T L d``, ``Delta`` ``L N^2`` and the
+    router scores ``T L N``."""
     m = config.model
-    n, nl, d, h, t = config.num_experts, config.num_layers, m.model_dim, m.expert_hidden, m.calibration_tokens
-    return 8 * (2 * nl * n * h * d + n * t * d + t * nl * d + nl * n * n + t * nl * n)
+    n, nl, d, h, t, c = (config.num_experts, config.num_layers, m.model_dim, m.expert_hidden, m.calibration_tokens,
+                         m.num_clusters)
+    return 8 * (2 * nl * n * h * d + 2 * c * h * d + n * h * d + n * t * d + t * nl * d + nl * n * n + t * nl * n)
 
 
 def physical_memory() -> int | None:
@@ -108,7 +110,8 @@ def check_build_memory(config: SystemConfig) -> None:
             f"building this synthetic model needs about {need / 2**30:,.0f} GiB, more than this machine's "
             f"{have / 2**30:,.0f} GiB (num_layers={config.num_layers}, num_experts={config.num_experts}, "
             f"model.model_dim={m.model_dim}, model.expert_hidden={m.expert_hidden}, "
-            f"model.calibration_tokens={m.calibration_tokens}); make some of them smaller")
+            f"model.num_clusters={m.num_clusters}, model.calibration_tokens={m.calibration_tokens}); make some of "
+            "them smaller")
 
 
 class SyntheticMoE:

@@ -58,3 +58,19 @@ def load(text: str, where: str = "YAML") -> Any:
         return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise ValueError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a constructor's (2020-13-45), deep nesting
+        raise ValueError(f"{where}: not valid YAML: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def read(path, where: str | None = None) -> Any:
+    """The YAML file at ``path`` parsed by :func:`load`; ``ValueError`` naming the file (``where``, default the
+    path) when it cannot be read, is not UTF-8 text or is not valid YAML."""
+    where = where or str(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    return load(text, where)

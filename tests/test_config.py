@@ -164,6 +164,8 @@ def test_numpy_values_are_the_numbers_they_hold():
                                         "distances_m": (100.0, 200.0, 100.0, 100.0), "model": {"model_dim": 16}})
     assert type(c.num_experts) is int and type(c.model.model_dim) is int
     _raises(["num_experts", "8.5"], num_experts=np.float64(8.5))
+    nested = SystemConfig.from_dict({"distances_m": [np.int64(50)] * 4, "distance_range_m": [np.int64(50), np.int64(100)]})
+    assert nested.distances_m == (50, 50, 50, 50) and nested.distance_range_m == (50, 100)
     with pytest.raises(ValueError, match="distances_m") as info:
         SystemConfig.from_dict({"distances_m": np.zeros((2, 2))})
     assert "\n" not in str(info.value)
@@ -176,7 +178,9 @@ def test_a_model_larger_than_the_machine_is_refused_before_drawing(monkeypatch):
 
     cfg = SystemConfig.from_dict({"num_experts": 16, "num_layers": 2})
     t = cfg.model.calibration_tokens  # 512; model_dim = expert_hidden = 32
-    assert syn.build_bytes(cfg) == 8 * (2 * 2 * 16 * 32 * 32 + 16 * t * 32 + t * 2 * 32 + 2 * 16 * 16 + t * 2 * 16)
+    c = cfg.model.num_clusters
+    assert syn.build_bytes(cfg) == 8 * (2 * 2 * 16 * 32 * 32 + 2 * c * 32 * 32 + 16 * 32 * 32 + 16 * t * 32 + t * 2 * 32
+                                        + 2 * 16 * 16 + t * 2 * 16)
     monkeypatch.setattr(syn, "physical_memory", lambda: syn.build_bytes(cfg) - 1)
     class Drawn(Exception):
         pass

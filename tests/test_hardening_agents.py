@@ -30,7 +30,7 @@ BASE = "siftmoe_gym-Decode-v0_ppo_seed0"
 
 def _train(tmp_path, steps=128, **kw):
     opts = dict(env_id="siftmoe_gym/Decode-v0", algo="ppo", steps=steps, seed=0, n_envs=2, logdir=tmp_path,
-                env_kwargs=SHORT, hyperparams=dict(FAST), eval_freq=max(steps // 2, 1), eval_episodes=2,
+                env_kwargs=SHORT, hyperparams=dict(FAST), eval_freq=max((steps or 2) // 2, 1), eval_episodes=2,
                 progress_bar=False, baselines=["siftmoe", "topk"], threads=1, print_table=False, log=False)
     opts.update(kw)
     return train(**opts)
@@ -331,7 +331,7 @@ def test_resume_with_no_steps_left_is_refused_and_leaves_the_run_as_it_was(tmp_p
     first = _train(tmp_path, steps=256, eval_freq=128, checkpoint_freq=128)
     run = first.run_dir
     before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
-    for steps in (256, 128):
-        with pytest.raises(AgentConfigError, match=f"--resume: --steps {steps} is not above the checkpoint's 256 steps"):
-            _train(tmp_path, steps=steps, resume=True)
+    for steps in (256, 128, None):  # None: the run's own target (256), not the YAML's n_timesteps (review finding)
+        with pytest.raises(AgentConfigError, match=f"--resume: --steps {steps or 256} is not above the checkpoint's 256"):
+            _train(tmp_path, steps=steps, resume=True, eval_freq=128)
     assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

@@ -65,6 +65,8 @@ BAD_SECOND = {
     "name-escapes-out": ("- name: ../../evil\n", "a scenario name names its files in --out: a plain name"),
     "name-subfolder": ("- name: a/b\n", "a plain name (no '/'"),
     "name-hidden": ("- name: .hidden\n", "not starting with '.'"),
+    "name-nul": ('- name: "a\\0b"\n', "no outer spaces or control characters"),
+    "name-long": ("- name: " + "x" * 101 + "\n", "at most 100 bytes"),
     "sweep-and-config": ("- name: second\n  config: {episode_tokens: 2}\n  sweep: {param: episode_tokens, values: [2, 3]}\n",
                          "sweep.param 'episode_tokens' is also set in config (2): the sweep would override it"),
     "duplicate-key": ("- name: second\n  episodes: 2\n  episodes: 3\n", "found the key 'episodes' twice"),

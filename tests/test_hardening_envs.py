@@ -342,3 +342,13 @@ def test_an_env_key_given_twice_with_two_values_is_refused():
             make(config={"episode_tokens": 4}, episode_tokens=8)
         with pytest.raises(ValueError, match="penalty given twice"):
             make(config={"penalty": 2.0}, penalty=3.0)
+
+
+def test_a_reset_refused_for_its_seed_does_not_apply_its_config():
+    """reset(seed=-1, options={"config": ...}) is refused for the seed before the config is applied (the new config
+    used to stay in force)."""
+    env = gym.make("siftmoe_gym/Decode-v0")
+    env.reset(seed=0)
+    with pytest.raises(Exception, match="Seed must be greater or equal to zero"):
+        env.reset(seed=-1, options={"config": {"eps_rel": 0.5}})
+    assert env.unwrapped.system.config.eps_rel == 0.25

@@ -228,3 +228,28 @@ def test_cli_train_then_evaluate(tmp_path):
     r2 = run_cli("evaluate", "--model", str(run / "final_model.zip"), "--baselines", "siftmoe", "--threads", "1")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert (run / "evaluate_final_model" / "comparison.csv").is_file()
+
+
+def test_resume_config_types_and_hyperparameter_bounds(tmp_path):
+    """read_run_config also refuses keys of the wrong type (a traceback after TensorBoard wrote into the run before),
+    and n_timesteps from --hyperparams or a YAML obeys --steps' bound."""
+    import json
+
+    from agents.algos import AgentConfigError
+    from agents.runio import read_run_config
+
+    good = {"env_id": "e", "algo": "ppo", "hyperparams": {}, "eval_seeds": [1, 2], "seed": 0, "n_envs": 2, "steps": 256}
+    path = tmp_path / "config.json"
+    for change, needle in (({"eval_seeds": None}, "eval_seeds of the wrong type"), ({"hyperparams": [1]}, "hyperparams"),
+                           ({"n_envs": True}, "n_envs"), ({"eval_seeds": [1.5]}, "eval_seeds"),
+                           ({"env_kwargs": 3}, "env_kwargs")):
+        path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(AgentConfigError, match=needle):
+            read_run_config(path)
+    path.write_text(json.dumps({k: v for k, v in good.items() if k != "n_envs"}))
+    with pytest.raises(AgentConfigError, match="missing n_envs"):
+        read_run_config(path)
+    path.write_text(json.dumps(good))
+    assert read_run_config(path) == good
+    r = run_cli("--hyperparams", "n_timesteps=1e11", "--logdir", str(tmp_path))
+    assert r.returncode == 2 and "n_timesteps=100000000000.0 must be an integer >= 1 and <= 10,000,000,000" in r.stderr

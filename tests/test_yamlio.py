@@ -48,3 +48,18 @@ def test_config_from_yaml(tmp_path: Path):
     twice.write_text("num_experts: 8\nnum_experts: 16\n")
     with pytest.raises(ValueError, match="found the key 'num_experts' twice"):
         SystemConfig.from_yaml(twice)
+
+
+def test_constructor_errors_nesting_and_bad_bytes_are_one_line(tmp_path: Path):
+    """Errors PyYAML raises outside YAMLError (an impossible date, nesting past the recursion limit) and a file
+    that is not UTF-8 are one-line ValueErrors naming the source (tracebacks before)."""
+    for text, needle in (("a: 2020-13-45", "ValueError: month must be in 1..12"), ("a: " + "[" * 3000, "RecursionError")):
+        with pytest.raises(ValueError, match=needle) as info:
+            yamlio.load(text, "src")
+        assert str(info.value).startswith("src: not valid YAML: ") and "\n" not in str(info.value)
+    bad = tmp_path / "bad.yml"
+    bad.write_bytes(b"\xff\xfeabc")
+    with pytest.raises(ValueError, match=r"bad.yml: not UTF-8 text"):
+        yamlio.read(bad)
+    with pytest.raises(ValueError, match=r"not UTF-8 text"):
+        SystemConfig.from_yaml(bad)

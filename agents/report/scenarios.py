@@ -91,7 +91,7 @@ def load_scenario_file(path: str | os.PathLike, build_envs: bool = True) -> dict
     if not p.is_file():
         raise ScenarioError(f"--scenarios: {'a folder, not a file' if p.is_dir() else 'no such file'}: {path}")
     try:
-        data = yamlio.load(p.read_text(), str(path))  # a key given twice is refused, 1e-3 is a number
+        data = yamlio.read(p, str(path))  # a key given twice is refused, 1e-3 is a number
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     if isinstance(data, list):
@@ -161,9 +161,10 @@ def check_scenarios(data: Any, source: str = "scenario file", build_envs: bool =
         name = scn.get("name")
         if not isinstance(name, str) or not name.strip():
             _fail(where, f"every scenario needs a 'name' (a non-empty string), got {name!r}")
-        if "/" in name or "\\" in name or name.strip() in (".", "..") or name.startswith(".") or name != name.strip():
+        if ("/" in name or "\\" in name or name.startswith(".") or name != name.strip() or not name.isprintable()
+                or len(name.encode()) > 100):
             _fail(where, f"a scenario name names its files in --out: a plain name (no '/' or '\\', not starting with "
-                         f"'.', no outer spaces), got {name!r}")
+                         f"'.', no outer spaces or control characters, at most 100 bytes), got {name!r}")
         if name in seen:
             _fail(where, f"scenario name {name!r} is used twice")
         seen.add(name)

@@ -448,7 +448,8 @@ class SiftMoEEnv(gym.Env):
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         cfg = reset_config(options)
-        if cfg is not None:  # checked whole before anything changes: a rejected config leaves the episode as it was
+        if cfg is not None:  # checked whole (the seed too) before anything changes: a rejection leaves all as it was
+            gym.utils.seeding.np_random(seed) if seed is not None else None
             self._reconfigure(cfg)
         super().reset(seed=seed)
         self._s = 0

@@ -37,12 +37,13 @@ HELDOUT_OFFSET = 7
 _SWITCH = {"0", "off", "false", "no", "1", "on", "true", "yes", ""}
 
 
-def default_dir() -> Path:
-    """The tiny model's default folder (module docstring)."""
+def default_dir(warn: bool = True) -> Path:
+    """The tiny model's default folder (module docstring); ``warn``: about a ``SIFTMOE_CACHE`` that looks like a
+    folder (off where the folder is only named, e.g. in ``--help``)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
     path = (Path(xdg) if xdg else Path.home() / ".cache") / "siftmoe_gym" / "tiny-moe"
     old = os.environ.get("SIFTMOE_CACHE")
-    if old is not None and old.strip().lower() not in _SWITCH:
+    if warn and old is not None and old.strip().lower() not in _SWITCH:
         import warnings
 
         warnings.warn(f"SIFTMOE_CACHE={old!r} no longer moves the tiny model (it switches the model cache on or off: "
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(prog=prog, description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train the tiny MoE and save it")
-    t.add_argument("--out", default=None, help=f"output folder (default {default_dir()})")
+    t.add_argument("--out", default=None, help=f"output folder (default {default_dir(warn=False)})")
     t.add_argument("--steps", type=int, default=600)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--seq-len", type=int, default=128)
