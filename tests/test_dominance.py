@@ -127,3 +127,19 @@ def test_every_row_saves_against_the_same_topk_energy():
     out = saving_vs_topk(rows)
     assert [r["saving_pct"] for r in out] == [75.0, 75.0, 0.0]
     assert saving_vs_topk([{"policy": "a", "energy_per_token_j": 1.0, "saving_pct": 3.0}])[0]["saving_pct"] == 3.0
+
+
+def test_a_one_episode_table_says_why_it_has_no_ci():
+    """With one evaluation episode the 95% CI column says none can be drawn (it was blank under a legend that
+    promises a CI); with two or more and finite bounds it holds them."""
+    import math
+
+    from agents.report.tables import format_table
+
+    row = dict(policy="siftmoe", feasible=True, score=1.0, score_ci95_low=math.nan, score_ci95_high=math.nan, regret=0.0,
+               energy_per_token_j=1e-3, saving_pct=80.0, mean_error_ratio=0.8, violation_rate=0.2,
+               latency_violation_rate=0.0, mean_return=-10.0, episodes=1.0)
+    assert "none (1 episode)" in format_table([row], legend=False)
+    two = {**row, "episodes": 2.0, "score_ci95_low": 0.99, "score_ci95_high": 1.0}
+    table = format_table([two], legend=False)
+    assert "[0.990, 1.000]" in table and "none (1 episode)" not in table

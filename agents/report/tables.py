@@ -46,7 +46,8 @@ def format_table(rows: list[dict[str, Any]], legend: bool = True) -> str:
             str(r["policy"]),
             "yes" if feas else "NO",
             f"{sc:.3f}" if math.isfinite(sc) else "n/a",
-            _ci(r.get("score_ci95_low", math.nan), r.get("score_ci95_high", math.nan)),
+            _ci(r.get("score_ci95_low", math.nan), r.get("score_ci95_high", math.nan))
+            if r.get("episodes", 2) >= 2 else "none (1 episode)",
             f"{100 * r['regret']:.2f}" if math.isfinite(r.get("regret", math.nan)) else "n/a",
             f"{1e3 * r['energy_per_token_j']:.4f}",
             f"{r['saving_pct']:.2f}",
