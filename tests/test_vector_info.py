@@ -80,9 +80,14 @@ def info_lists(draw):
         for _ in range(n)]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, derandomize=True)  # the same examples on every run
 @given(info_lists())
 def test_merge_infos_equals_add_info_copy_after_copy(infos):
+    with np.errstate(all="ignore"):  # casts that overflow warn in both (e.g. a float past float32's range)
+        _check_merge(infos)
+
+
+def _check_merge(infos):
     n = len(infos)
     try:
         ref = _reference(infos, n)
