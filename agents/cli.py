@@ -117,7 +117,7 @@ def _check_args(args: argparse.Namespace) -> None:
                        (("seed", "eval_seed"), 0)):
         for name in names:
             at_least(f"--{name.replace('_', '-')}", getattr(args, name, None), low, MOST.get(name))
-    if getattr(args, "cmd", None) != "evaluate" and getattr(args, "logdir", None) is not None:
+    if getattr(args, "logdir", None) is not None:  # (train's option; evaluate has none)
         check_writable("--logdir", args.logdir)  # before the environments and the model are built
     if out is not None:
         check_writable("--out", out)

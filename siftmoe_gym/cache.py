@@ -44,6 +44,8 @@ CODE_MODULES = ("synthetic.py", "blocked_similarity.py", "similarity.py", "cache
 """Modules (in ``siftmoe_gym/``) whose source is hashed into the key."""
 
 _OFF = {"0", "off", "false", "no"}
+SWITCH_WORDS = _OFF | {"1", "on", "true", "yes", ""}
+"""The values of ``SIFTMOE_CACHE`` that read as a switch (anything else reads as on, and may be a mistaken path)."""
 
 
 def enabled() -> bool:

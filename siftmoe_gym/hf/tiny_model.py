@@ -27,14 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import SWITCH_WORDS
 from .loading import ByteTokenizer
 
 HELDOUT_EVERY = 10
 MAX_POSITIONS = 256  # the tiny model's max_position_embeddings: --seq-len stops there
 HELDOUT_OFFSET = 7
-
-
-_SWITCH = {"0", "off", "false", "no", "1", "on", "true", "yes", ""}
 
 
 def default_dir(warn: bool = True) -> Path:
@@ -43,7 +41,7 @@ def default_dir(warn: bool = True) -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     path = (Path(xdg) if xdg else Path.home() / ".cache") / "siftmoe_gym" / "tiny-moe"
     old = os.environ.get("SIFTMOE_CACHE")
-    if warn and old is not None and old.strip().lower() not in _SWITCH:
+    if warn and old is not None and old.strip().lower() not in SWITCH_WORDS:
         import warnings
 
         warnings.warn(f"SIFTMOE_CACHE={old!r} no longer moves the tiny model (it switches the model cache on or off: "
@@ -213,9 +211,9 @@ def _check_args(args) -> None:
     from ..cli import UsageError, at_least, check_writable
 
     if args.cmd == "train":
-        for name, low in (("--steps", 1), ("--batch-size", 1), ("--seq-len", 2), ("--seed", 0), ("--threads", 1)):
-            at_least(name, getattr(args, name[2:].replace("-", "_")), low)
-        at_least("--seq-len", args.seq_len, 2, MAX_POSITIONS)  # the model's max_position_embeddings
+        for name, low, high in (("--steps", 1, None), ("--batch-size", 1, None), ("--seq-len", 2, MAX_POSITIONS),
+                                ("--seed", 0, None), ("--threads", 1, None)):
+            at_least(name, getattr(args, name[2:].replace("-", "_")), low, high)
         if not 0 < args.lr < math.inf:
             raise UsageError(f"--lr must be a positive finite number, got {args.lr}")
         if not args.max_seconds > 0:
